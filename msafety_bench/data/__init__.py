@@ -1,0 +1,179 @@
+"""Prompt datasets behind one ``--dataset`` spec, all loaded into ``PromptRecord`` lists.
+
+Specs: ``msb-core`` (bundled, default), ``multijail[:PATH]``, ``strongreject[:PATH]``, ``csv:PATH``,
+``jsonl:PATH``. Without a PATH, multijail and strongreject come from the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from msafety_bench.data.languages import LANGUAGES, MSB_CORE_LANGUAGES, TIERS
+from msafety_bench.errors import UsageError
+
+MSB_CORE_DIR = Path(__file__).parent / "msb_core"
+LABELS = ("harmful", "harmless")
+SPLITS = ("calibration", "eval")
+MULTIJAIL_HUB_ID = "DAMO-NLP-SG/MultiJail"
+MULTIJAIL_LANGUAGES = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+STRONGREJECT_HUB_ID = "walledai/StrongREJECT"
+GENERIC_COLUMNS = ("id", "lang", "prompt", "label")
+DATASET_HELP = "use msb-core, multijail[:FILE.csv], strongreject[:FILE.csv], csv:FILE or jsonl:FILE"
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    id: str
+    lang: str
+    prompt: str
+    label: str  # harmful | harmless
+    category: str
+    split: str  # calibration | eval
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_dataset_spec(spec: str) -> list[PromptRecord]:
+    """Load every record a ``--dataset`` spec names; raise UsageError with the fix on bad input."""
+    kind, _, path = spec.partition(":")
+    if kind == "msb-core" and not path:
+        return load_msb_core()
+    if kind == "multijail":
+        return load_multijail(path or None)
+    if kind == "strongreject":
+        return load_strongreject(path or None)
+    if kind in ("csv", "jsonl") and path:
+        return load_generic(path, kind)
+    raise UsageError(f"unknown dataset '{spec}': {DATASET_HELP}")
+
+
+def load_msb_core(root: Path = MSB_CORE_DIR) -> list[PromptRecord]:
+    """The bundled suite: en.jsonl holds the metadata, <lang>.jsonl the parallel prompts (id, prompt)."""
+    meta = _read_jsonl(root / "en.jsonl")
+    records = []
+    for lang in MSB_CORE_LANGUAGES:
+        rows = {row["id"]: row["prompt"] for row in _read_jsonl(root / f"{lang}.jsonl")}
+        missing = [m["id"] for m in meta if m["id"] not in rows]
+        if missing:
+            raise UsageError(f"msb-core/{lang}.jsonl lacks prompts {missing[:3]}: the bundled data is incomplete")
+        records += [
+            PromptRecord(m["id"], lang, rows[m["id"]], m["label"], m["category"], m["split"]) for m in meta
+        ]
+    return records
+
+
+def load_multijail(path: str | None) -> list[PromptRecord]:
+    """MultiJail: one row per prompt, a column per language, all harmful, all used for evaluation."""
+    rows = _load_table(path, "csv", MULTIJAIL_HUB_ID, ("id", *MULTIJAIL_LANGUAGES), "multijail")
+    records = []
+    for row in rows:
+        category = str(row.get("tags") or "uncategorized").split(",")[0].strip() or "uncategorized"
+        for lang in MULTIJAIL_LANGUAGES:
+            text = row.get(lang)
+            if text and str(text).strip():
+                records.append(PromptRecord(f"mj-{row['id']}", lang, str(text).strip(), "harmful", category, "eval"))
+    return records
+
+
+def load_strongreject(path: str | None) -> list[PromptRecord]:
+    """StrongREJECT: English forbidden prompts with a category, all harmful, all used for evaluation."""
+    rows = _load_table(path, "csv", STRONGREJECT_HUB_ID, ("category", "forbidden_prompt"), "strongreject")
+    return [
+        PromptRecord(f"sr-{i:04d}", "en", str(row["forbidden_prompt"]).strip(), "harmful",
+                     str(row["category"] or "uncategorized"), "eval")
+        for i, row in enumerate(rows)
+        if row["forbidden_prompt"] and str(row["forbidden_prompt"]).strip()
+    ]
+
+
+def load_generic(path: str, fmt: str) -> list[PromptRecord]:
+    """A user's own file with columns id, lang, prompt, label and optional category, split."""
+    rows = _load_table(path, fmt, None, GENERIC_COLUMNS, f"{fmt}:{path}")
+    records = []
+    for i, row in enumerate(rows, start=1):
+        label = str(row["label"]).strip().lower()
+        split = str(row.get("split") or "eval").strip().lower()
+        if label not in LABELS:
+            raise UsageError(f"{path}: row {i} has label '{row['label']}': labels must be harmful or harmless")
+        if split not in SPLITS:
+            raise UsageError(f"{path}: row {i} has split '{row.get('split')}': splits are calibration or eval")
+        if not str(row["prompt"] or "").strip():
+            raise UsageError(f"{path}: row {i} has an empty prompt: fill it or remove the row")
+        records.append(PromptRecord(str(row["id"]), str(row["lang"]).strip(), str(row["prompt"]).strip(),
+                                    label, str(row.get("category") or "uncategorized"), split))
+    duplicates = [key for key, n in Counter((r.id, r.lang) for r in records).items() if n > 1]
+    if duplicates:
+        raise UsageError(f"{path}: (id, lang) {duplicates[0]} occurs more than once: ids must be unique per language")
+    return records
+
+
+def _load_table(path: str | None, fmt: str, hub_id: str | None, required: tuple, name: str) -> list[dict]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if path is None:
+            table = datasets.load_dataset(hub_id, split="train")
+        else:
+            if not Path(path).is_file():
+                raise UsageError(f"dataset file '{path}' does not exist: check the path given to --dataset")
+            builder = "json" if fmt == "jsonl" else "csv"
+            table = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except UsageError:
+        raise
+    except Exception as exc:  # datasets raises many types for unreadable files and unreachable hubs
+        where = f"file '{path}'" if path else f"hub dataset {hub_id}"
+        fix = "check the file's format" if path else f"offline, download it and pass {name}:FILE.csv"
+        raise UsageError(f"could not load {name} from {where}: {type(exc).__name__}: {_first_line(exc)} -- {fix}") from None
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise UsageError(
+            f"{name}: missing column(s) {', '.join(missing)} (found {', '.join(table.column_names)}): "
+            f"the file needs columns {', '.join(required)}"
+        )
+    return table.to_list()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def dataset_languages(records: list[PromptRecord]) -> list[str]:
+    """Languages of a dataset in table order, then any others alphabetically."""
+    present = {r.lang for r in records}
+    return [code for code in LANGUAGES if code in present] + sorted(present - set(LANGUAGES))
+
+
+def select_languages(spec: str | None, available: list[str], dataset: str) -> list[str]:
+    """``--languages``: a comma list of codes and/or tier names (hrl, mrl, lrl, all)."""
+    if not spec:
+        return list(available)
+    chosen: list[str] = []
+    for item in (part.strip().lower() for part in spec.split(",")):
+        if not item:
+            continue
+        if item == "all":
+            chosen += available
+        elif item in TIERS:
+            chosen += [c for c in available if c in LANGUAGES and LANGUAGES[c].tier == item]
+        elif item in available:
+            chosen.append(item)
+        else:
+            raise UsageError(
+                f"language '{item}' is not in dataset {dataset}: choose from {', '.join(available)} "
+                f"or a tier ({', '.join(TIERS)})"
+            )
+    unique = list(dict.fromkeys(chosen))
+    if not unique:
+        raise UsageError(f"--languages '{spec}' selects no language of dataset {dataset}")
+    return unique
