@@ -70,7 +70,7 @@ def information_bytes(text: str) -> int:
 
 def is_degenerate(text: str) -> bool:
     raw = len(text.encode("utf-8"))
-    return raw >= 40 and information_bytes(text) * 3 <= raw and information_bytes(text) < 90
+    return raw >= 20 and information_bytes(text) * 3 <= raw and information_bytes(text) < 90
 
 
 def is_echo(prompt: str, answer: str) -> bool:
