@@ -84,9 +84,19 @@ class FitContext:
     """What an editor may need besides the model: where to cache artifacts, the seed, a progress flag."""
 
     base_fingerprint: str
-    artifact_dir: Path
+    cache_dir: Path  # edits go to <cache_dir>/edits/<fingerprint>/
     seed: int = 0
     progress: bool = True
+    no_cache: bool = False  # --no-cache: responses are not persisted (edit artifacts still are)
+
+    @property
+    def artifact_dir(self) -> Path:
+        return Path(self.cache_dir) / "edits"
+
+    def response_cache(self):
+        from msafety_bench.generation.cache import ResponseCache
+
+        return ResponseCache(None if self.no_cache else Path(self.cache_dir) / "responses.sqlite")
 
     def edit_fingerprint(self, editor: str, config: EditorConfig, calibration: list) -> str:
         payload = json.dumps(
@@ -129,8 +139,10 @@ def parse_config(editor: Editor, options: dict[str, str]) -> EditorConfig:
     """Build an editor's config from string options, converting each to the field's declared type."""
     fields = {f.name: f for f in dataclasses.fields(editor.Config)}
     hints = typing.get_type_hints(editor.Config)
+    aliases = getattr(editor.Config, "ALIASES", {})
     values = {}
     for key, raw in options.items():
+        key = aliases.get(key, key)
         if key not in fields:
             valid = ", ".join(fields) or "none"
             raise UsageError(f"editor '{editor.name}' has no option '{key}': its options are {valid}")
@@ -214,3 +226,97 @@ def build_edit(loaded, spec: str, opts: list[str], config_file: str | None, cali
                 stack.enter_context(edit.apply(loaded.model))
                 context = dataclasses.replace(context, base_fingerprint=edit.fingerprint + context.base_fingerprint)
     return edits[0] if len(edits) == 1 else ComposedEdit(edits)
+
+
+class WeightDeltaEdit(Edit):
+    """Adds fixed deltas to some rows of some parameters; leaving the block copies the saved rows back,
+    so the revert is bit-exact (no subtraction, no rounding)."""
+
+    def __init__(self, editor, config, fingerprint, deltas: dict, info: dict | None = None):
+        super().__init__(editor, config, fingerprint, info)
+        self.deltas = deltas  # parameter name -> (row indices or None, delta tensor)
+
+    @contextlib.contextmanager
+    def apply(self, model):
+        import torch
+
+        params = dict(model.named_parameters())
+        saved = {}
+        try:
+            with torch.no_grad():
+                for name, (rows, delta) in self.deltas.items():
+                    p = params[name]
+                    index = slice(None) if rows is None else rows.to(p.device)
+                    saved[name] = (index, p.data[index].clone())
+                    p.data[index] = p.data[index] + delta.to(device=p.device, dtype=p.dtype)
+            yield model
+        finally:
+            with torch.no_grad():
+                for name, (index, original) in saved.items():
+                    params[name].data[index] = original
+
+    def merge_into(self, model) -> None:
+        """Apply permanently (for export)."""
+        self.apply(model).__enter__()
+
+    def save(self, folder: Path) -> None:
+        tensors = {}
+        for name, (rows, delta) in self.deltas.items():
+            tensors[f"delta::{name}"] = delta.contiguous()
+            if rows is not None:
+                tensors[f"rows::{name}"] = rows.contiguous()
+        _save_artifact(folder, tensors, self)
+
+    @classmethod
+    def load(cls, folder: Path, config) -> "WeightDeltaEdit":
+        tensors, meta = _load_artifact(folder)
+        deltas = {k[len("delta::"):]: (tensors.get("rows::" + k[len("delta::"):]), v)
+                  for k, v in tensors.items() if k.startswith("delta::")}
+        return cls(meta["editor"], config, meta["fingerprint"], deltas, meta["info"])
+
+
+class HookEdit(Edit):
+    """An edit made of forward hooks; leaving the block removes every hook it registered."""
+
+    @abstractmethod
+    def hooks(self, model) -> list[tuple[Any, str, Any]]:
+        """(module, "forward" | "forward_pre", function) triples to register."""
+
+    @contextlib.contextmanager
+    def apply(self, model):
+        handles = []
+        try:
+            for module, kind, fn in self.hooks(model):
+                register = module.register_forward_hook if kind == "forward" else module.register_forward_pre_hook
+                handles.append(register(fn))
+            yield model
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _save_artifact(folder: Path, tensors: dict, edit: Edit) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "edit.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(folder / "edit.safetensors")
+    (folder / "edit.json").write_text(json.dumps(
+        {"editor": edit.editor, "fingerprint": edit.fingerprint, "config": dataclasses.asdict(edit.config),
+         "info": edit.info}, indent=1, default=str))
+
+
+def _load_artifact(folder: Path) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "edit.safetensors")), json.loads((folder / "edit.json").read_text())
+
+
+def artifact_folder(context: FitContext, fingerprint: str) -> Path:
+    return context.artifact_dir / fingerprint
+
+
+def has_artifact(context: FitContext, fingerprint: str) -> bool:
+    folder = artifact_folder(context, fingerprint)
+    return (folder / "edit.safetensors").is_file() and (folder / "edit.json").is_file()

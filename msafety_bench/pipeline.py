@@ -122,7 +122,6 @@ class BenchRun:
     def execute(self) -> None:
         from msafety_bench.editing import FitContext, build_edit
         from msafety_bench.generation import generate_responses
-        from msafety_bench.generation.cache import ResponseCache
         from msafety_bench.judges import get_judge
         from msafety_bench.metrics import language_metrics
         from msafety_bench.models import load_model
@@ -137,12 +136,12 @@ class BenchRun:
                                  dtype=opts.dtype, trust_remote_code=opts.trust_remote_code)
         load_s = time.time() - t0
         base_fp = model_fingerprint(self.loaded.model)
-        context = FitContext(base_fp, opts.cache_path / "edits", opts.seed, opts.progress)
+        context = FitContext(base_fp, opts.cache_path, opts.seed, opts.progress, opts.no_cache)
         t0 = time.time()
         self.edit = build_edit(self.loaded, opts.editor, opts.editor_opts, opts.editor_config,
                                self.calibration_records(), context)
         fit_s = time.time() - t0
-        cache = ResponseCache(None if opts.no_cache else opts.cache_path / "responses.sqlite")
+        cache = context.response_cache()
         t0 = time.time()
         try:
             with self.edit.apply(self.loaded.model):

@@ -1,0 +1,195 @@
+"""``sft``: LoRA fine-tuning (peft) on the calibration split, the trained baseline.
+
+Targets: harmful prompts get a refusal written in the prompt's language (``data/refusals.yaml``);
+harmless prompts get the unedited model's own greedy answer (self-distillation, so the model keeps
+answering harmless prompts in every language instead of learning "refuse what is not English").
+Loss on answer tokens only. The LoRA factors are the artifact; applying them is a forward hook per
+adapted module (weights untouched, so leaving the block is exact), and export merges them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from msafety_bench.editing import Editor, EditorConfig, HookEdit, artifact_folder, has_artifact
+from msafety_bench.errors import UsageError
+
+
+
+@dataclass(frozen=True)
+class SftConfig(EditorConfig):
+    languages: str = "all"  # languages trained on: all, en, or tiers/codes
+    steps: int = 100
+    rank: int = 16
+    alpha: float = 32.0
+    lr: float = 2e-4
+    batch_size: int = 8
+    max_length: int = 128
+    harmless_per_language: int = 16
+    answer_tokens: int = 64  # length of the self-distilled harmless answers
+    target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.rank < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("steps, rank and batch_size must be >= 1 and lr > 0")
+
+
+@lru_cache(maxsize=1)
+def refusals() -> dict[str, list[str]]:
+    import yaml
+
+    from msafety_bench.data import MSB_CORE_DIR
+
+    return yaml.safe_load((MSB_CORE_DIR.parent / "refusals.yaml").read_text(encoding="utf-8"))
+
+
+def refusal_for(record) -> str:
+    """A refusal in the prompt's language (English when the language has none), stable per prompt."""
+    options = refusals().get(record.lang) or refusals()["en"]
+    return options[zlib.crc32(record.id.encode()) % len(options)]
+
+
+class LoraEdit(HookEdit):
+    def __init__(self, editor, config, fingerprint, factors: dict, scaling: float, info=None):
+        super().__init__(editor, config, fingerprint, info)
+        self.factors = factors  # module name -> (A (r, in), B (out, r))
+        self.scaling = scaling
+
+    def hooks(self, model):
+        return [(model.get_submodule(name), "forward", self._hook(a, b)) for name, (a, b) in self.factors.items()]
+
+    def _hook(self, a, b):
+        def add_low_rank(module, args, output):
+            x = args[0]
+            A, B = a.to(device=x.device, dtype=x.dtype), b.to(device=x.device, dtype=x.dtype)
+            return output + (x @ A.T @ B.T) * self.scaling
+
+        return add_low_rank
+
+    def merge_into(self, model) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, (a, b) in self.factors.items():
+                w = model.get_submodule(name).weight
+                w += ((b.double() @ a.double()) * self.scaling).to(device=w.device, dtype=w.dtype)
+
+    def save(self, folder):
+        from msafety_bench.editing import _save_artifact
+
+        self.info["scaling"] = self.scaling
+        tensors = {}
+        for name, (a, b) in self.factors.items():
+            tensors[f"A::{name}"], tensors[f"B::{name}"] = a.contiguous(), b.contiguous()
+        _save_artifact(folder, tensors, self)
+
+    @classmethod
+    def load(cls, folder, config):
+        from msafety_bench.editing import _load_artifact
+
+        tensors, meta = _load_artifact(folder)
+        names = [k[3:] for k in tensors if k.startswith("A::")]
+        factors = {n: (tensors[f"A::{n}"], tensors[f"B::{n}"]) for n in names}
+        return cls(meta["editor"], config, meta["fingerprint"], factors, meta["info"]["scaling"], meta["info"])
+
+
+class SftEditor(Editor):
+    name = "sft"
+    Config = SftConfig
+
+    def fit(self, loaded, calibration, config: SftConfig, context) -> LoraEdit:
+        fingerprint = context.edit_fingerprint(self.name, config, calibration)
+        if has_artifact(context, fingerprint):
+            return LoraEdit.load(artifact_folder(context, fingerprint), config)
+        started = time.time()
+        examples = self._examples(loaded, calibration, config, context)
+        edit = self._train(loaded, examples, config, context, fingerprint)
+        edit.info["fit_seconds"] = round(time.time() - started, 2)
+        edit.save(artifact_folder(context, fingerprint))
+        return edit
+
+    def _examples(self, loaded, calibration, config, context) -> list[tuple[str, str]]:
+        from msafety_bench.data import select_languages
+        from msafety_bench.generation import GenerationSettings, generate_responses
+
+        available = list(dict.fromkeys(r.lang for r in calibration))
+        langs = select_languages(None if config.languages == "all" else config.languages, available, "calibration")
+        harmful = [(r.prompt, refusal_for(r)) for r in calibration if r.lang in langs and r.label == "harmful"]
+        harmless = []
+        for lang in langs:
+            harmless += [r for r in calibration if r.lang == lang and r.label == "harmless"][: config.harmless_per_language]
+        if not harmful:
+            raise UsageError(f"sft: no harmful calibration prompts in languages {','.join(langs)}")
+        settings = GenerationSettings(max_new_tokens=config.answer_tokens, batch_size=32, seed=config.seed)
+        cache = context.response_cache()
+        try:
+            answers = generate_responses(loaded, [r.prompt for r in harmless], settings, cache,
+                                         context.base_fingerprint, "none", progress=context.progress)
+        finally:
+            cache.close()
+        own = [(r.prompt, a) for r, a in zip(harmless, answers) if a.strip()]
+        return harmful + own
+
+    def _train(self, loaded, examples, config, context, fingerprint) -> LoraEdit:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from tqdm.auto import tqdm
+
+        from msafety_bench.generation import render_prompt
+
+        model, tok = loaded.model, loaded.tokenizer
+        targets = [t.strip() for t in config.target_modules.split(",") if t.strip()]
+        encoded = []
+        for prompt, answer in examples:
+            p = tok(render_prompt(tok, prompt), add_special_tokens=False).input_ids
+            a = tok(answer + tok.eos_token, add_special_tokens=False).input_ids
+            ids = (p + a)[: config.max_length]
+            encoded.append((ids, [-100] * len(p) + a))
+        torch.manual_seed(config.seed)
+        rng = random.Random(config.seed)
+        peft_model = get_peft_model(model, LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
+                                                      target_modules=targets, bias="none"))
+        try:
+            params = [p for p in peft_model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+            order: list[int] = []
+            losses = []
+            peft_model.train()
+            bar = tqdm(range(config.steps), desc="sft (LoRA)", disable=not context.progress)
+            for _ in bar:
+                if len(order) < config.batch_size:
+                    fresh = list(range(len(encoded)))
+                    rng.shuffle(fresh)
+                    order += fresh
+                batch = [encoded[order.pop()] for _ in range(config.batch_size)]
+                width = max(len(ids) for ids, _ in batch)
+                pad = tok.pad_token_id
+                input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=loaded.device)
+                labels = torch.tensor([lab[:width] + [-100] * (width - len(lab[:width])) for ids, lab in batch],
+                                      device=loaded.device)
+                mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=loaded.device)
+                loss = peft_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                losses.append(float(loss))
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            factors = {}
+            for name, module in peft_model.base_model.model.named_modules():
+                if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+                    factors[name] = (module.lora_A["default"].weight.detach().float().cpu().clone(),
+                                     module.lora_B["default"].weight.detach().float().cpu().clone())
+        finally:
+            peft_model.unload()  # puts the original Linear modules back; base weights were frozen
+            model.eval()
+        if not factors:
+            raise UsageError(f"sft: target_modules {targets} matched no module of this model")
+        return LoraEdit(self.name, config, fingerprint, factors, config.alpha / config.rank,
+                        {"n_examples": len(examples), "loss_first": losses[0], "loss_last": losses[-1],
+                         "loss_mean_last10": sum(losses[-10:]) / len(losses[-10:])})
