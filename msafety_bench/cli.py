@@ -3,6 +3,8 @@
     msafety-bench models              aliases and what they load
     msafety-bench languages           the language table with tiers
     msafety-bench summary FILE.json   the per-language table of a results file
+    msafety-bench export --model M --editor E --out DIR
+                                      the edited model as a plain transformers folder + editor.json
 """
 
 from __future__ import annotations
@@ -46,6 +48,34 @@ def cmd_summary(args) -> None:
         print("\n".join(summary_table(SimpleNamespace(metrics=metrics))))
 
 
+def cmd_export(args) -> None:
+    import datetime as dt
+    import json
+    from pathlib import Path
+
+    from msafety_bench import __version__
+    from msafety_bench.models.fingerprint import model_fingerprint
+    from msafety_bench.pipeline import BenchRun, RunOptions
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out '{out}' exists and is not empty: choose a new folder")
+    run = BenchRun(RunOptions(model=args.model, editor=args.editor, editor_opts=args.editor_opt,
+                              editor_config=args.editor_config, cache_dir=args.cache_dir, device=args.device,
+                              dtype=args.dtype, trust_remote_code=args.trust_remote_code))
+    loaded = run.load()
+    edit = run.fit_edit()
+    edit.merge_into(loaded.model)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded.model.save_pretrained(out)
+    loaded.tokenizer.save_pretrained(out)
+    card = {"msafety_bench": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "base_model": {"name": args.model, "source": loaded.spec.source, "fingerprint": run.base_fingerprint},
+            "editor": edit.describe(), "merged_fingerprint": model_fingerprint(loaded.model)}
+    (out / "editor.json").write_text(json.dumps(card, indent=1, default=str))
+    print(f"wrote {out} (editor {args.editor}, fingerprint {card['merged_fingerprint']})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msafety-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="print the table of results files")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("export", help="write the edited model as a transformers folder")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--editor", required=True)
+    p.add_argument("--editor-opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--editor-config", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -41,6 +41,10 @@ class Edit(ABC):
     @abstractmethod
     def apply(self, model) -> contextlib.AbstractContextManager: ...
 
+    def merge_into(self, model) -> None:
+        """Make the edit permanent in the weights, for export as a plain transformers folder."""
+        raise UsageError(f"editor '{self.editor}' cannot be written into the weights")
+
     def describe(self) -> dict:
         return {"name": self.editor, "config": dataclasses.asdict(self.config),
                 "fingerprint": self.fingerprint, "info": self.info}
@@ -49,6 +53,9 @@ class Edit(ABC):
 class NullEdit(Edit):
     def apply(self, model):
         return contextlib.nullcontext(model)
+
+    def merge_into(self, model) -> None:
+        pass
 
 
 class ComposedEdit(Edit):
@@ -65,6 +72,10 @@ class ComposedEdit(Edit):
             for edit in self.edits:
                 stack.enter_context(edit.apply(model))
             yield model
+
+    def merge_into(self, model) -> None:
+        for edit in self.edits:
+            edit.merge_into(model)
 
     def describe(self) -> dict:
         return {"name": self.editor, "fingerprint": self.fingerprint,

@@ -78,6 +78,7 @@ class BenchRun:
         self.stats = GenerationStats()
         self.executed = False
         self.loaded = None
+        self.base_fingerprint: str | None = None
         self.edit = None
 
     # -- data ---------------------------------------------------------------------------------------
@@ -119,12 +120,38 @@ class BenchRun:
         return own or [r for r in load_msb_core() if r.split == "calibration"]
 
     # -- the work -----------------------------------------------------------------------------------
+    def load(self):
+        """Load the model once and take the fingerprint of its weights as loaded."""
+        from msafety_bench.models import load_model
+        from msafety_bench.models.fingerprint import model_fingerprint
+
+        if self.loaded is None:
+            opts = self.options
+            self.loaded = load_model(opts.model, cache_dir=opts.cache_path, device=opts.device,
+                                     dtype=opts.dtype, trust_remote_code=opts.trust_remote_code)
+            self.base_fingerprint = model_fingerprint(self.loaded.model)
+        return self.loaded
+
+    def fit_context(self):
+        from msafety_bench.editing import FitContext
+
+        opts = self.options
+        return FitContext(self.base_fingerprint, opts.cache_path, opts.seed, opts.progress, opts.no_cache)
+
+    def fit_edit(self):
+        """Fit the editor on the calibration split (or load its cached artifact)."""
+        from msafety_bench.editing import build_edit
+
+        if self.edit is None:
+            opts = self.options
+            self.edit = build_edit(self.load(), opts.editor, opts.editor_opts, opts.editor_config,
+                                   self.calibration_records(), self.fit_context())
+        return self.edit
+
     def execute(self) -> None:
-        from msafety_bench.editing import FitContext, build_edit
         from msafety_bench.generation import generate_responses
         from msafety_bench.judges import get_judge
         from msafety_bench.metrics import language_metrics
-        from msafety_bench.models import load_model
         from msafety_bench.models.fingerprint import model_fingerprint
 
         opts = self.options
@@ -132,14 +159,12 @@ class BenchRun:
         evals = self.eval_records()
         judge = get_judge(opts.judge)
         t0 = time.time()
-        self.loaded = load_model(opts.model, cache_dir=opts.cache_path, device=opts.device,
-                                 dtype=opts.dtype, trust_remote_code=opts.trust_remote_code)
+        self.load()
         load_s = time.time() - t0
-        base_fp = model_fingerprint(self.loaded.model)
-        context = FitContext(base_fp, opts.cache_path, opts.seed, opts.progress, opts.no_cache)
+        base_fp = self.base_fingerprint
+        context = self.fit_context()
         t0 = time.time()
-        self.edit = build_edit(self.loaded, opts.editor, opts.editor_opts, opts.editor_config,
-                               self.calibration_records(), context)
+        self.fit_edit()
         fit_s = time.time() - t0
         cache = context.response_cache()
         t0 = time.time()

@@ -37,3 +37,7 @@ def suites(pytester):
         with open(os.path.join(REPO, "suites", name), encoding="utf-8") as fh:
             pytester.makepyfile(**{name[:-3]: fh.read()})
     return pytester
+
+
+def pytest_report_header(config):
+    return "msafety-bench tests: slow ones (marked 'slow') run the real SmolLM2 on the CPU"

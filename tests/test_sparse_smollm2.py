@@ -1,0 +1,62 @@
+"""The sparse edit on the real SmolLM2, measured on held-out (eval split) prompts.
+
+Benchmark-style: it prints the figures (they go into the project notes) and asserts the claims of the
+method: on prompts it never saw, the edit moves target-language harmful pre-activations at the
+safety neurons toward their English parallels, more than the same-size random-neuron control does,
+while harmless prompts move less than harmful ones.
+"""
+
+import time
+
+import pytest
+import torch
+
+from msafety_bench.data import load_msb_core
+from msafety_bench.editing import FitContext, build_edit
+from msafety_bench.models.fingerprint import model_fingerprint
+from msafety_bench.representations import collect
+
+pytestmark = pytest.mark.slow
+SOURCE, TARGETS = "en", ("bn", "sw", "jv", "id")
+
+
+def held_out_movement(loaded, edit, records):
+    """Relative gap to English at S before/after, and mean shift of harmful vs harmless rows."""
+    layer = edit.info["layer"]
+    (param, (rows, delta)), = edit.deltas.items()
+    W_S = loaded.adapter.gate_proj(loaded.model, layer).weight.detach()[rows].double().T
+    dW = delta.double().T
+    en = {r.id: r for r in records if r.lang == SOURCE and r.label == "harmful"}
+    harmful = [r for r in records if r.lang in TARGETS and r.label == "harmful" and r.id in en]
+    harmless = [r for r in records if r.lang in TARGETS and r.label == "harmless"]
+    prompts = [r.prompt for r in harmful] + [en[r.id].prompt for r in harmful] + [r.prompt for r in harmless]
+    X = collect(loaded, prompts, [layer], ("mlp_in",))["mlp_in"][:, 0].double()
+    n = len(harmful)
+    Xh, Xen, Xs = X[:n], X[n:2 * n], X[2 * n:]
+    target = Xen @ W_S
+    before = (Xh @ W_S - target).norm(dim=1).mean()
+    after = (Xh @ (W_S + dW) - target).norm(dim=1).mean()
+    return {"gap_ratio": float(after / before), "harmful_shift": float((Xh @ dW).norm(dim=1).mean()),
+            "harmless_shift": float((Xs @ dW).norm(dim=1).mean()), "layer": layer, "neurons": len(rows)}
+
+
+def test_sparse_edit_generalises_to_held_out_prompts(smollm2, tmp_path):
+    core = load_msb_core()
+    calibration = [r for r in core if r.split == "calibration" and r.lang in (SOURCE, *TARGETS)]
+    held_out = [r for r in core if r.split == "eval" and r.lang in (SOURCE, *TARGETS)]
+    context = FitContext(model_fingerprint(smollm2.model), tmp_path, progress=False)
+    figures = {}
+    for name, opts in (("sparse", []), ("random control", ["neurons=random"])):
+        t0 = time.perf_counter()
+        edit = build_edit(smollm2, "sparse", opts, None, calibration, context)
+        figures[name] = {**held_out_movement(smollm2, edit, held_out), "fit_s": time.perf_counter() - t0,
+                         "cosine": edit.info["cosine_to_source"]}
+    for name, f in figures.items():
+        print(f"\n{name}: layer {f['layer']}, {f['neurons']} neurons, fit {f['fit_s']:.1f}s, held-out gap to English "
+              f"x{f['gap_ratio']:.3f}, harmful shift {f['harmful_shift']:.4f}, harmless shift {f['harmless_shift']:.4f}")
+        print("  cosine to English at the layer output (calibration) before -> after: " + ", ".join(
+            f"{lang} {c['before']:.4f}->{c['after']:.4f}" for lang, c in f["cosine"].items()))
+    sparse, control = figures["sparse"], figures["random control"]
+    assert sparse["gap_ratio"] < 1.0, "the edit must close part of the held-out gap to English"
+    assert sparse["gap_ratio"] < control["gap_ratio"], "safety neurons must beat random neurons"
+    assert sparse["harmless_shift"] < sparse["harmful_shift"]
