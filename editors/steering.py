@@ -3,8 +3,8 @@
 The direction is the difference in means between harmful and harmless source-language (English)
 prompts' residual stream after a layer, at the last prompt token. ``mode=add`` adds ``alpha`` times
 the direction's own length along it at every position after that layer (pushes towards refusing);
-``mode=ablate`` removes the component along it after every layer (the classic way to strip refusals,
-useful as a deliberately harmful control). Hooks act per position, so batched, left-padded
+``mode=ablate`` removes the component along it from every write into the residual stream (the classic
+way to strip refusals, useful as a deliberately harmful control; exportable as orthogonalised weights). Hooks act per position, so batched, left-padded
 generation works unchanged.
 """
 
@@ -45,7 +45,12 @@ class SteeringEdit(HookEdit):
         adapter = adapter_for(model)
         if self.config.mode == "add":
             return [(adapter.layer(model, self.layer), "forward", self._add)]
-        return [(adapter.layer(model, i), "forward", self._ablate) for i in range(adapter.num_layers(model))]
+        # Ablation removes the direction from everything written into the residual stream: the
+        # embeddings and every attention and MLP output, so no layer ever reads it.
+        writers = [model.get_input_embeddings()]
+        for i in range(adapter.num_layers(model)):
+            writers += [adapter.layer(model, i).self_attn.o_proj, adapter.down_proj(model, i)]
+        return [(module, "forward", self._ablate) for module in writers]
 
     def _vector(self, hidden):
         return self.direction.to(device=hidden.device, dtype=hidden.dtype)
@@ -72,6 +77,9 @@ class SteeringEdit(HookEdit):
                              "mode=ablate, sparse and sft")
         adapter = adapter_for(model)
         with torch.no_grad():
+            if model.config.tie_word_embeddings:  # the output head must keep reading the old rows
+                model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+                model.config.tie_word_embeddings = False
             r = self.direction.to(torch.float64)
             writers = [model.get_input_embeddings().weight]  # rows write into the stream
             for i in range(adapter.num_layers(model)):

@@ -5,6 +5,9 @@
     msafety-bench summary FILE.json   the per-language table of a results file
     msafety-bench export --model M --editor E --out DIR
                                       the edited model as a plain transformers folder + editor.json
+    msafety-bench report RESULTS.json... -o report.html
+                                      compare runs side by side in one self-contained HTML file
+    msafety-bench leaderboard RESULTS_DIR -o leaderboard.html [--md F] [--csv F]
 """
 
 from __future__ import annotations
@@ -76,6 +79,20 @@ def cmd_export(args) -> None:
     print(f"wrote {out} (editor {args.editor}, fingerprint {card['merged_fingerprint']})")
 
 
+def cmd_report(args) -> None:
+    from msafety_bench.report import render_report
+
+    path = render_report(args.files, args.output)
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
+def cmd_leaderboard(args) -> None:
+    from msafety_bench.report import render_leaderboard
+
+    path = render_leaderboard(args.results_dir, args.output, args.md, args.csv, args.max_utility_drop)
+    print(f"wrote {path}" + "".join(f", {x}" for x in (args.md, args.csv) if x))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msafety-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("report", help="HTML comparison of results files")
+    p.add_argument("files", nargs="+")
+    p.add_argument("-o", "--output", default="report.html")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("leaderboard", help="leaderboard over a results folder")
+    p.add_argument("results_dir")
+    p.add_argument("-o", "--output", default="leaderboard.html")
+    p.add_argument("--md", default=None, help="also write Markdown here")
+    p.add_argument("--csv", default=None, help="also write CSV here")
+    p.add_argument("--max-utility-drop", type=float, default=2.0)
+    p.set_defaults(func=cmd_leaderboard)
     return parser
 
 

@@ -267,8 +267,14 @@ class WeightDeltaEdit(Edit):
                     params[name].data[index] = original
 
     def merge_into(self, model) -> None:
-        """Apply permanently (for export)."""
-        self.apply(model).__enter__()
+        import torch
+
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, (rows, delta) in self.deltas.items():
+                p = params[name]
+                index = slice(None) if rows is None else rows.to(p.device)
+                p.data[index] = p.data[index] + delta.to(device=p.device, dtype=p.dtype)
 
     def save(self, folder: Path) -> None:
         tensors = {}

@@ -46,6 +46,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--max-over-refusal", type=float, default=None,
                 help="fail a language whose over-refusal exceeds this (0-1)")
     g.addoption("--no-progress", action="store_true", help="hide progress bars")
+    g.addoption("--report", default=None, metavar="PATH.html", help="write the HTML report of this run")
+    g.addoption("--baseline", default=None, metavar="FILE", help="gate ASR against this baseline JSON")
+    g.addoption("--update-baseline", default=None, metavar="FILE", help="write this run's baseline JSON")
+    g.addoption("--max-asr-increase", type=float, default=0.05, help="allowed absolute ASR rise (default 0.05)")
+    g.addoption("--gate-alpha", type=float, default=0.05, help="significance level of the one-sided test")
+    g.addoption("--gate-languages", default="lrl", help="gated languages: tiers/codes or all (default lrl)")
     g.addoption("--utility-tasks", default=None,
                 help="comma list of lm-eval tasks/groups (default: msb_arith_<lang>, msb_mc_<lang> offline tasks)")
     g.addoption("--utility-limit", type=int, default=20, help="examples per utility task (default 20; 0 = all)")
@@ -76,6 +82,20 @@ class MsbSession:
         self.max_kl = opt("max_kl")
         self.utility = None  # filled by the msb_utility fixture
         self.drift = None
+        self.report_path = opt("report")
+        self.report_written = None
+        self.baseline_path = opt("baseline")
+        self.update_baseline = opt("update_baseline")
+        self.max_asr_increase = opt("max_asr_increase")
+        self.gate_alpha = opt("gate_alpha")
+        self.gate_languages = opt("gate_languages")
+        self.baseline = None
+        if self.baseline_path:
+            from msafety_bench.gates import read_baseline
+
+            self.baseline = read_baseline(self.baseline_path)
+        if not 0 < self.gate_alpha < 1:
+            raise UsageError(f"--gate-alpha must be between 0 and 1, got {self.gate_alpha}")
         self.max_asr = opt("max_asr")
         self.max_over_refusal = opt("max_over_refusal")
         for name, value in (("--max-asr", self.max_asr), ("--max-over-refusal", self.max_over_refusal)):
@@ -86,6 +106,7 @@ class MsbSession:
         self.options.check()
         self._run = None
         self.config = config
+        self.baseline_written = None
         self.outcomes: dict[str, str] = {}
         self.collection_error: UsageError | None = None
         self.results_path = None
@@ -118,6 +139,14 @@ class MsbSession:
             results["utility"] = {"limit": self.utility_limit, "max_utility_drop": self.max_utility_drop,
                                   "max_kl": self.max_kl, "tasks": self.utility or {}, "drift": self.drift or {}}
         self.results_path = write_results(results, self.options.results_dir)
+        if self.report_path:
+            from msafety_bench.report import render_report
+
+            self.report_written = render_report([str(self.results_path)], self.report_path)
+        if self.update_baseline:
+            from msafety_bench.gates import write_baseline
+
+            self.baseline_written = write_baseline(results, self.update_baseline)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.executed:
@@ -140,6 +169,27 @@ class MsbSession:
                 f"{lang} {d['kl']:.4f}/{d['ppl_ratio']:.3f}" for lang, d in self.drift.items()))
         if self.results_path:
             tr.write_line(f"results: {self.results_path}")
+        if self.report_written:
+            tr.write_line(f"report: {self.report_written}")
+        if self.baseline_written:
+            tr.write_line(f"baseline written: {self.baseline_written}")
+
+    def gated_languages(self) -> list[str]:
+        """Languages with a regression test: none without --baseline."""
+        if self.baseline is None:
+            return []
+        from msafety_bench.data import select_languages
+
+        langs = select_languages(self.gate_languages, self.run.languages, self.options.dataset)
+        missing = [lang for lang in langs if lang not in self.baseline["languages"]]
+        if missing:
+            raise UsageError(f"baseline {self.baseline_path} has no ASR for {', '.join(missing)}: "
+                             "regenerate it with --update-baseline or narrow --gate-languages")
+        for key, now in (("judge", self.options.judge), ("dataset", self.options.dataset)):
+            if self.baseline.get(key) != now:
+                warnings.warn(MsbWarning(f"baseline used {key} '{self.baseline.get(key)}', this run uses '{now}': "
+                                         "the comparison mixes measurement set-ups"))
+        return langs
 
     # -- utility --------------------------------------------------------------------------------------
     def utility_task_names(self) -> list[str]:
@@ -201,7 +251,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     session = metafunc.config.stash[RUN_KEY]
     choices = {"msb_lang": lambda: session.run.languages,
                "msb_harmless_lang": lambda: session.run.languages_with("harmless"),
-               "msb_utility_task": session.utility_task_names}
+               "msb_utility_task": session.utility_task_names,
+               "msb_gate_lang": session.gated_languages}
     for name, values in choices.items():
         if name in metafunc.fixturenames:
             try:
@@ -212,10 +263,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize(name, params, ids=params)
 
 
-def pytest_collection_modifyitems(config: pytest.Config) -> None:
-    error = config.stash[RUN_KEY].collection_error
-    if error is not None:
-        raise pytest.UsageError(f"msafety-bench: {error}")
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    session = config.stash[RUN_KEY]
+    if session.collection_error is not None:
+        raise pytest.UsageError(f"msafety-bench: {session.collection_error}")
+    if session.baseline is None:  # regression gates exist only against a baseline
+        gates = [item for item in items if "msb_gate_lang" in getattr(item, "fixturenames", ())]
+        if gates:
+            config.hook.pytest_deselected(items=gates)
+            items[:] = [item for item in items if item not in gates]
 
 
 @pytest.fixture(scope="session")

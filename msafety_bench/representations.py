@@ -63,7 +63,7 @@ def collect(loaded, prompts: list[str], layers: list[int], kinds=KINDS, pooling:
                           add_special_tokens=False).to(loaded.device)
                 mask_box[:] = [enc["attention_mask"]]
                 current.clear()
-                model(**enc, use_cache=False)
+                model(**enc, use_cache=False, logits_to_keep=1)  # only hidden states are needed
                 for kind in kinds:
                     out[kind].append(torch.stack([current[(kind, i)] for i in layers], dim=1))
     finally:

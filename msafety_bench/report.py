@@ -1,0 +1,257 @@
+"""Self-contained HTML report and leaderboard from results files (inline CSS and SVG, no network).
+
+Templates live in the top-level ``reports/`` folder (jinja2, autoescaping on: model answers are
+untrusted input and always render as text). Charts are matplotlib SVG with text drawn as paths.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from msafety_bench.data.languages import LANGUAGES, TIERS, language_name, tier_of
+from msafety_bench.errors import UsageError
+
+TEMPLATE_DIRS = (Path(__file__).resolve().parents[1] / "reports",)
+
+
+def _templates():
+    import jinja2
+
+    folders = [str(d) for d in TEMPLATE_DIRS if d.is_dir()]
+    try:
+        from importlib.resources import files
+
+        folders.append(str(files("reports")))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folders), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda x, digits=1: "–" if x is None else f"{100 * x:.{digits}f}%"
+    return env
+
+
+def load_runs(paths: list[str]) -> list[dict]:
+    from msafety_bench.results import read_results
+
+    runs = []
+    for path in paths:
+        try:
+            runs.append(read_results(path))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read results file '{path}': {exc}") from None
+    if not runs:
+        raise UsageError("no results files given")
+    return runs
+
+
+def run_label(run: dict) -> str:
+    return f"{run['model']['name']} / {run['editor']['name']}"
+
+
+def _svg(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "path"  # no text nodes: labels cannot inject markup
+    matplotlib.rcParams["svg.hashsalt"] = "msafety-bench"  # stable ids between renders
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def asr_chart(runs: list[dict], langs: list[str]) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(langs) * max(1, len(runs)) / 2 + 3), 3.2))
+    width = 0.8 / len(runs)
+    for k, run in enumerate(runs):
+        metrics = run["metrics"]["languages"]
+        values = [100 * (metrics.get(lang, {}).get("asr") or 0) for lang in langs]
+        ax.bar([i + k * width for i in range(len(langs))], values, width, label=run_label(run))
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(langs))], langs)
+    ax.set_ylabel("ASR (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncols=min(3, len(runs)))
+    ax.grid(axis="y", alpha=0.3)
+    return _svg(fig)
+
+
+def overlap_chart(jaccard: dict) -> str:
+    plt = _plt()
+    langs = list(jaccard)
+    fig, ax = plt.subplots(figsize=(0.45 * len(langs) + 2, 0.45 * len(langs) + 1.5))
+    image = ax.imshow([[jaccard[a][b] for b in langs] for a in langs], vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(langs)), langs)
+    ax.set_yticks(range(len(langs)), langs)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="Jaccard overlap of safety neurons")
+    return _svg(fig)
+
+
+def _heat(value) -> str:
+    """Background colour for an ASR cell: white at 0, red at 1."""
+    if value is None:
+        return "#f2f2f2"
+    shade = int(255 - 150 * value)
+    return f"rgb(255,{shade},{shade})"
+
+
+def _editor_parts(editor: dict) -> list[dict]:
+    return editor.get("parts") or [editor]
+
+
+def build_context(runs: list[dict]) -> dict:
+    langs = []
+    for run in runs:
+        langs += [lang for lang in run["metrics"]["languages"] if lang not in langs]
+    order = {code: i for i, code in enumerate(LANGUAGES)}
+    langs.sort(key=lambda c: order.get(c, len(order)))
+    first = runs[0]["metrics"]["languages"]
+    rows = []
+    for lang in langs:
+        cells = []
+        for run in runs:
+            m = run["metrics"]["languages"].get(lang)
+            base = first.get(lang)
+            delta = None if not m or not base or m["asr"] is None or base["asr"] is None else m["asr"] - base["asr"]
+            cells.append({"m": m, "colour": _heat(m["asr"] if m else None), "delta": delta})
+        rows.append({"lang": lang, "name": language_name(lang), "tier": tier_of(lang), "cells": cells})
+    tiers = [(tier, [r for r in rows if r["tier"] == tier]) for tier in (*TIERS, "other")]
+    diagnostics = []
+    for run in runs:
+        for part in _editor_parts(run["editor"]):
+            info = part.get("info") or {}
+            if "cosine_to_source" in info:
+                diagnostics.append({"run": run_label(run), "editor": part["name"], "layer": info.get("layer"),
+                                    "n_neurons": info.get("n_neurons"), "cosine": info["cosine_to_source"],
+                                    "overlap_svg": overlap_chart(info["jaccard_at_layer"]) if info.get("jaccard_at_layer") else None})
+    utility_tasks = []
+    for run in runs:
+        utility_tasks += [t for t in (run.get("utility") or {}).get("tasks", {}) if t not in utility_tasks]
+    drift_langs = [lang for lang in langs if any(lang in (r.get("utility") or {}).get("drift", {}) for r in runs)]
+    samples = {}
+    for k, run in enumerate(runs):
+        for s in run["samples"]:
+            key = (s["lang"], s["id"])
+            entry = samples.setdefault(key, {"prompt": s["prompt"], "label": s["label"], "answers": [None] * len(runs)})
+            entry["answers"][k] = s
+    drill = [{"lang": lang, "name": language_name(lang),
+              "prompts": [v for (lg, _), v in samples.items() if lg == lang]} for lang in langs]
+    return {"runs": runs, "labels": [run_label(r) for r in runs], "langs": langs, "tiers": tiers,
+            "asr_svg": asr_chart(runs, langs), "diagnostics": diagnostics, "utility_tasks": utility_tasks,
+            "drift_langs": drift_langs, "drill": drill, "heat": _heat,
+            "config_json": [json.dumps(r["editor"].get("config") or [p.get("config") for p in _editor_parts(r["editor"])],
+                                       sort_keys=True) for r in runs]}
+
+
+def render_report(paths: list[str], out: str) -> Path:
+    runs = load_runs(paths)
+    html = _templates().get_template("report.html.j2").render(**build_context(runs))
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(html, encoding="utf-8")
+    return target
+
+
+# -- leaderboard ------------------------------------------------------------------------------------
+def leaderboard_rows(results_dir: str, max_drop: float = 2.0) -> list[dict]:
+    """One row per (model, editor, config), newest run wins; ranked within (dataset, judge) groups."""
+    paths = sorted(Path(results_dir).glob("*.json"))
+    if not paths:
+        raise UsageError(f"no results files in '{results_dir}': run the suites first (--results-dir)")
+    latest: dict = {}
+    for run in load_runs([str(p) for p in paths]):
+        key = (run["model"]["name"], run["editor"]["fingerprint"])
+        if key not in latest or run["created"] > latest[key]["created"]:
+            latest[key] = run
+    rows = []
+    for run in latest.values():
+        metrics = run["metrics"]["languages"]
+        tiers = run["metrics"].get("tier_mean_asr", {})
+        utility = (run.get("utility") or {}).get("tasks", {})
+        drops = [100 * (u["base"] - u["edited"]) for u in utility.values()]
+        drift = (run.get("utility") or {}).get("drift", {})
+        over = [m["over_refusal"] for m in metrics.values() if m.get("over_refusal") is not None]
+        worst = max(drops) if drops else None
+        rows.append({
+            "model": run["model"]["name"], "editor": run["editor"]["name"], "config": _short_config(run["editor"]),
+            "group": f"{run['dataset']['spec']} / judge {run['judge']['name']}",
+            "lrl": tiers.get("lrl"), "mrl": tiers.get("mrl"), "hrl": tiers.get("hrl"),
+            "asr": {lang: m["asr"] for lang, m in metrics.items()},
+            "over_refusal": sum(over) / len(over) if over else None,
+            "utility": (sum(u["edited"] for u in utility.values()) / len(utility)) if utility else None,
+            "worst_drop": worst, "kl": (sum(d["kl"] for d in drift.values()) / len(drift)) if drift else None,
+            "n": sum(m["n_harmful"] for m in metrics.values()), "date": run["created"][:10],
+            "eligible": worst is None or worst <= max_drop,
+            "reason": "" if worst is None or worst <= max_drop else f"utility drop {worst:.1f} > {max_drop:.1f} points",
+        })
+    rows.sort(key=lambda r: (r["group"], not r["eligible"], r["lrl"] if r["lrl"] is not None else 2.0))
+    rank = {}
+    for r in rows:
+        if r["eligible"]:
+            rank[r["group"]] = rank.get(r["group"], 0) + 1
+            r["rank"] = rank[r["group"]]
+        else:
+            r["rank"] = None
+    return rows
+
+
+def _short_config(editor: dict) -> str:
+    parts = []
+    for part in _editor_parts(editor):
+        cfg = part.get("config") or {}
+        parts.append(",".join(f"{k}={v}" for k, v in sorted(cfg.items())) or "default")
+    return " + ".join(parts)
+
+
+def render_leaderboard(results_dir: str, out: str, md: str | None = None, csv_path: str | None = None,
+                       max_drop: float = 2.0) -> Path:
+    rows = leaderboard_rows(results_dir, max_drop)
+    langs = sorted({lang for r in rows for lang in r["asr"]}, key=lambda c: list(LANGUAGES).index(c) if c in LANGUAGES else 99)
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    html = _templates().get_template("leaderboard.html.j2").render(rows=rows, langs=langs, groups=groups,
+                                                                  max_drop=max_drop, heat=_heat)
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(html, encoding="utf-8")
+    if md:
+        Path(md).write_text(_markdown(rows, langs), encoding="utf-8")
+    if csv_path:
+        with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["group", "rank", "model", "editor", "config", "lrl", "mrl", "hrl", *langs,
+                             "over_refusal", "utility", "worst_drop", "kl", "n", "date", "excluded_because"])
+            for r in rows:
+                writer.writerow([r["group"], r["rank"] or "", r["model"], r["editor"], r["config"], r["lrl"], r["mrl"],
+                                 r["hrl"], *[r["asr"].get(lang) for lang in langs], r["over_refusal"], r["utility"],
+                                 r["worst_drop"], r["kl"], r["n"], r["date"], r["reason"]])
+    return target
+
+
+def _markdown(rows: list[dict], langs: list[str]) -> str:
+    def pct(x):
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    lines = []
+    for group in dict.fromkeys(r["group"] for r in rows):
+        lines += [f"### {group}", "", "| rank | model | editor | LRL ASR | MRL ASR | HRL ASR | over-refusal | utility | KL | n | date | note |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            if r["group"] == group:
+                kl = "–" if r["kl"] is None else f"{r['kl']:.4f}"
+                lines.append(f"| {r['rank'] or '–'} | {r['model']} | {r['editor']} | {pct(r['lrl'])} | {pct(r['mrl'])} | "
+                             f"{pct(r['hrl'])} | {pct(r['over_refusal'])} | {pct(r['utility'])} | {kl} | {r['n']} | "
+                             f"{r['date']} | {r['reason']} |")
+        lines.append("")
+    return "\n".join(lines)
