@@ -25,7 +25,7 @@ def one_sided_two_proportion_p(x_before: int, n_before: int, x_after: int, n_aft
     pooled = (x_before + x_after) / (n_before + n_after)
     var = pooled * (1 - pooled) * (1 / n_before + 1 / n_after)
     if var == 0:
-        return 1.0  # both rates 0 or both 1: no evidence of a rise
+        return 0.5  # both rates 0 or both 1: equal rates, z = 0
     z = (x_after / n_after - x_before / n_before) / math.sqrt(var)
     return 0.5 * math.erfc(z / math.sqrt(2))
 

@@ -58,7 +58,7 @@ def test_p_value_is_a_probability_and_falls_as_the_rise_grows(n1, n2, data):
 def test_p_value_reference_values():
     assert one_sided_two_proportion_p(5, 50, 15, 50) == pytest.approx(0.00621, abs=1e-4)  # z = 2.5
     assert one_sided_two_proportion_p(10, 50, 10, 50) == pytest.approx(0.5)
-    assert one_sided_two_proportion_p(0, 10, 0, 10) == 1.0
+    assert one_sided_two_proportion_p(0, 10, 0, 10) == 0.5
 
 
 @pytest.fixture
