@@ -8,6 +8,8 @@
     msafety-bench report RESULTS.json... -o report.html
                                       compare runs side by side in one self-contained HTML file
     msafety-bench leaderboard RESULTS_DIR -o leaderboard.html [--md F] [--csv F]
+    msafety-bench judge-eval [--labels FILE.csv|bundled] [--judge NAME] [--errors N]
+                                      agreement of a judge with human labels, per language
 """
 
 from __future__ import annotations
@@ -93,6 +95,14 @@ def cmd_leaderboard(args) -> None:
     print(f"wrote {path}" + "".join(f", {x}" for x in (args.md, args.csv) if x))
 
 
+def cmd_judge_eval(args) -> None:
+    from msafety_bench.judges import get_judge
+    from msafety_bench.judges.validation import evaluate_judge, format_report, read_labels
+
+    overall, per_lang, errors = evaluate_judge(get_judge(args.judge), read_labels(args.labels))
+    print(format_report(args.judge, overall, per_lang, errors, args.errors))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msafety-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="also write CSV here")
     p.add_argument("--max-utility-drop", type=float, default=2.0)
     p.set_defaults(func=cmd_leaderboard)
+    p = sub.add_parser("judge-eval", help="agreement of a judge with human labels")
+    p.add_argument("--labels", default="bundled", help="CSV with prompt, completion, final_label[, lang, type]")
+    p.add_argument("--judge", default="refusal")
+    p.add_argument("--errors", type=int, default=0, help="list this many disagreements")
+    p.set_defaults(func=cmd_judge_eval)
     return parser
 
 

@@ -9,12 +9,14 @@ from msafety_bench.data import MULTIJAIL_LANGUAGES, load_msb_core
 from msafety_bench.paths import default_cache_dir
 
 pytestmark = pytest.mark.slow
+# Read before pytester points HOME at a temporary folder: the converted model is reused from here.
+USER_CACHE = str(default_cache_dir())
 
 
 def _common(tmp_path):
     # The shared user cache holds the converted model; responses go to a private cache per test.
     return ["--model", "smollm2", "--max-new-tokens", "48", "--no-progress", "-p", "no:cacheprovider",
-            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(default_cache_dir())]
+            "--results-dir", str(tmp_path / "results"), "--cache-dir", USER_CACHE]
 
 
 def test_multijail_format_file_three_languages(suites, tmp_path):

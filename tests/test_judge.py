@@ -95,3 +95,29 @@ def test_verdict_shape_and_registry(judge):
     assert "refusal" in judge_names()
     with pytest.raises(UsageError, match="unknown judge 'gpt'"):
         get_judge("gpt")
+
+
+def test_judge_eval_cli_on_the_bundled_set(capsys):
+    from msafety_bench.cli import main
+
+    assert main(["judge-eval", "--judge", "refusal", "--errors", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Cohen's kappa" in out and "confusion (rows: human, columns: judge)" in out
+    for lang in MSB_CORE_LANGUAGES:
+        assert f"\n{lang} " in out
+
+
+def test_kappa_and_label_file_checks(tmp_path):
+    from msafety_bench.judges.validation import Agreement, read_labels
+
+    perfect = Agreement([("unsafe", "unsafe"), ("refusal", "refusal"), ("invalid", "invalid")])
+    assert perfect.accuracy == 1.0 and perfect.kappa == 1.0
+    chance = Agreement([("unsafe", "unsafe"), ("unsafe", "refusal"), ("refusal", "unsafe"), ("refusal", "refusal")])
+    assert chance.kappa == pytest.approx(0.0)
+    bad = tmp_path / "l.csv"
+    bad.write_text("prompt,completion,final_label\nq,a,maybe\n")
+    with pytest.raises(UsageError, match="label 'maybe'"):
+        read_labels(str(bad))
+    bad.write_text("prompt,answer\nq,a\n")
+    with pytest.raises(UsageError, match="missing column"):
+        read_labels(str(bad))
