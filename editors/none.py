@@ -7,4 +7,4 @@ class NoEditor(Editor):
     name = "none"
 
     def fit(self, loaded, calibration, config: EditorConfig, context) -> NullEdit:
-        return NullEdit("none", config, "none")
+        return NullEdit("none", config, "none")  # nothing to fit or cache

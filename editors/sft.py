@@ -10,13 +10,12 @@ adapted module (weights untouched, so leaving the block is exact), and export me
 from __future__ import annotations
 
 import random
-import time
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from msafety_bench.editing import Editor, EditorConfig, HookEdit, artifact_folder, has_artifact
+from msafety_bench.editing import Editor, EditorConfig, HookEdit
 from msafety_bench.errors import UsageError
 
 
@@ -103,16 +102,11 @@ class SftEditor(Editor):
     name = "sft"
     Config = SftConfig
 
-    def fit(self, loaded, calibration, config: SftConfig, context) -> LoraEdit:
-        fingerprint = context.edit_fingerprint(self.name, config, calibration)
-        if has_artifact(context, fingerprint):
-            return LoraEdit.load(artifact_folder(context, fingerprint), config)
-        started = time.time()
+    edit_class = LoraEdit
+
+    def fit_new(self, loaded, calibration, config: SftConfig, context, fingerprint) -> LoraEdit:
         examples = self._examples(loaded, calibration, config, context)
-        edit = self._train(loaded, examples, config, context, fingerprint)
-        edit.info["fit_seconds"] = round(time.time() - started, 2)
-        edit.save(artifact_folder(context, fingerprint))
-        return edit
+        return self._train(loaded, examples, config, context, fingerprint)
 
     def _examples(self, loaded, calibration, config, context) -> list[tuple[str, str]]:
         from msafety_bench.data import select_languages

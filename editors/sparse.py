@@ -20,12 +20,10 @@ two-sided criteria, neuron selection (safety | probe | random | all).
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from msafety_bench.editing import (Editor, EditorConfig, WeightDeltaEdit, artifact_folder, has_artifact)
+from msafety_bench.editing import Editor, EditorConfig, WeightDeltaEdit
 from msafety_bench.errors import UsageError
 
 PROJECTIONS = ("gate", "up", "both")
@@ -158,17 +156,9 @@ class SparseEditor(Editor):
     name = "sparse"
     Config = SparseConfig
 
-    def fit(self, loaded, calibration, config: SparseConfig, context) -> WeightDeltaEdit:
-        fingerprint = context.edit_fingerprint(self.name, config, calibration)
-        if has_artifact(context, fingerprint):
-            return WeightDeltaEdit.load(artifact_folder(context, fingerprint), config)
-        started = time.time()
-        edit = self._fit(loaded, calibration, config, context, fingerprint)
-        edit.info["fit_seconds"] = round(time.time() - started, 2)
-        edit.save(artifact_folder(context, fingerprint))
-        return edit
+    edit_class = WeightDeltaEdit
 
-    def _fit(self, loaded, calibration, config, context, fingerprint):
+    def fit_new(self, loaded, calibration, config: SparseConfig, context, fingerprint) -> WeightDeltaEdit:
         import torch
 
         from msafety_bench.data import select_languages

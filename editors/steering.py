@@ -10,10 +10,9 @@ generation works unchanged.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from msafety_bench.editing import Editor, EditorConfig, HookEdit, artifact_folder, has_artifact
+from msafety_bench.editing import Editor, EditorConfig, HookEdit
 from msafety_bench.errors import UsageError
 
 
@@ -108,15 +107,11 @@ class SteeringEditor(Editor):
     name = "steering"
     Config = SteeringConfig
 
-    def fit(self, loaded, calibration, config: SteeringConfig, context) -> SteeringEdit:
-        fingerprint = context.edit_fingerprint(self.name, config, calibration)
-        if has_artifact(context, fingerprint):
-            return SteeringEdit.load(artifact_folder(context, fingerprint), config)
-        import torch
+    edit_class = SteeringEdit
 
+    def fit_new(self, loaded, calibration, config: SteeringConfig, context, fingerprint) -> SteeringEdit:
         from msafety_bench.representations import collect
 
-        started = time.time()
         src = [r for r in calibration if r.lang == config.source_lang]
         harmful = [r.prompt for r in src if r.label == "harmful"]
         harmless = [r.prompt for r in src if r.label == "harmless"]
@@ -133,8 +128,5 @@ class SteeringEditor(Editor):
         layer = int(separation.argmax()) if config.layer is None else config.layer
         if not 0 <= layer < n_layers:
             raise UsageError(f"steering: layer={layer} is outside 0..{n_layers - 1}")
-        edit = SteeringEdit(self.name, config, fingerprint, unit[layer].float(), float(diff[layer].norm()), layer,
-                            {"separation_per_layer": [round(float(x), 3) for x in separation],
-                             "fit_seconds": round(time.time() - started, 2)})
-        edit.save(artifact_folder(context, fingerprint))
-        return edit
+        return SteeringEdit(self.name, config, fingerprint, unit[layer].float(), float(diff[layer].norm()), layer,
+                            {"separation_per_layer": [round(float(x), 3) for x in separation]})

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import time
 import typing
 from abc import ABC, abstractmethod
 from functools import lru_cache
@@ -83,11 +84,26 @@ class ComposedEdit(Edit):
 
 
 class Editor(ABC):
+    """Subclasses implement ``fit_new``; ``fit`` adds the artifact cache around it."""
+
     name: ClassVar[str]
     Config: ClassVar[type[EditorConfig]] = EditorConfig
+    edit_class: ClassVar[type[Edit]]  # how a cached artifact is loaded back
 
-    @abstractmethod
-    def fit(self, loaded, calibration: list, config: EditorConfig, context: "FitContext") -> Edit: ...
+    def fit(self, loaded, calibration: list, config: EditorConfig, context: "FitContext") -> Edit:
+        fingerprint = context.edit_fingerprint(self.name, config, calibration)
+        folder = artifact_folder(context, fingerprint)
+        if has_artifact(context, fingerprint):
+            return self.edit_class.load(folder, config)
+        started = time.time()
+        edit = self.fit_new(loaded, calibration, config, context, fingerprint)
+        edit.info["fit_seconds"] = round(time.time() - started, 2)
+        edit.save(folder)
+        return edit
+
+    def fit_new(self, loaded, calibration: list, config: EditorConfig, context: "FitContext",
+                fingerprint: str) -> Edit:
+        raise NotImplementedError(f"editor '{self.name}' must implement fit_new (or override fit)")
 
 
 @dataclasses.dataclass

@@ -274,40 +274,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
             items[:] = [item for item in items if item not in gates]
 
 
-@pytest.fixture(scope="session")
-def msb(pytestconfig: pytest.Config):
-    """The executed run: model loaded, edit applied, every language generated and judged once."""
-    session = pytestconfig.stash[RUN_KEY]
-    run = session.run
-    if not session.executed:
-        # Output capture is suspended so the progress bars reach the terminal.
+def _once(session: MsbSession, done: bool, compute) -> MsbSession:
+    """Run a session-wide computation once, with output capture off so progress bars show, and
+    bad input turned into a usage error."""
+    if not done:
         with msb_capture(session):
             try:
-                run.execute()
+                compute()
             except UsageError as exc:
                 _usage_exit(exc)
     return session
 
 
 @pytest.fixture(scope="session")
+def msb(pytestconfig: pytest.Config):
+    """The executed run: model loaded, edit applied, every language generated and judged once."""
+    session = pytestconfig.stash[RUN_KEY]
+    return _once(session, session.executed, session.run.execute)
+
+
+@pytest.fixture(scope="session")
 def msb_utility(msb):
     """Utility scores of the edited and unedited model (lm-eval, in memory), computed once."""
-    if msb.utility is None:
-        capture = msb_capture(msb)
-        with capture:
-            try:
-                msb.compute_utility()
-            except UsageError as exc:
-                _usage_exit(exc)
-    return msb
+    return _once(msb, msb.utility is not None, msb.compute_utility)
 
 
 @pytest.fixture(scope="session")
 def msb_drift(msb):
     """Next-token KL and perplexity ratio on harmless text, per language, computed once."""
-    if msb.drift is None:
-        msb.compute_drift()
-    return msb
+    return _once(msb, msb.drift is not None, msb.compute_drift)
 
 
 def msb_capture(session):
