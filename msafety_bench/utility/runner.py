@@ -80,8 +80,11 @@ def drift(loaded, edit, texts: dict[str, list[str]], batch_size: int = 16) -> di
                 enc = tok(items[start:start + batch_size], return_tensors="pt", padding=True).to(loaded.device)
                 with torch.no_grad():
                     base = torch.log_softmax(model(**enc).logits.float()[:, :-1], -1)
-                    with edit.apply(model):
-                        edited = torch.log_softmax(model(**enc).logits.float()[:, :-1], -1)
+                    if edit.fingerprint == "none":
+                        edited = base  # the identity edit: one forward pass is enough
+                    else:
+                        with edit.apply(model):
+                            edited = torch.log_softmax(model(**enc).logits.float()[:, :-1], -1)
                 valid = enc["attention_mask"][:, 1:].bool()
                 nxt = enc["input_ids"][:, 1:].unsqueeze(-1)
                 kl = (base.exp() * (base - edited)).sum(-1)
