@@ -6,7 +6,6 @@ any model loads), then ``execute()`` does the work once for all languages.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from collections import defaultdict
@@ -204,6 +203,3 @@ def _round_robin(records: list[PromptRecord], limit: int | None) -> list[PromptR
     interleaved = [r for group in itertools.zip_longest(*by_cat.values()) for r in group if r is not None]
     return interleaved[:limit] if limit else interleaved
 
-
-def options_dict(options: RunOptions) -> dict:
-    return dataclasses.asdict(options)

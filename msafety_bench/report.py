@@ -150,7 +150,7 @@ def build_context(runs: list[dict]) -> dict:
               "prompts": [v for (lg, _), v in samples.items() if lg == lang]} for lang in langs]
     return {"runs": runs, "labels": [run_label(r) for r in runs], "langs": langs, "tiers": tiers,
             "asr_svg": asr_chart(runs, langs), "diagnostics": diagnostics, "utility_tasks": utility_tasks,
-            "drift_langs": drift_langs, "drill": drill, "heat": _heat,
+            "drift_langs": drift_langs, "drill": drill,
             "config_json": [json.dumps(r["editor"].get("config") or [p.get("config") for p in _editor_parts(r["editor"])],
                                        sort_keys=True) for r in runs]}
 
