@@ -263,26 +263,8 @@ class WeightDeltaEdit(Edit):
         super().__init__(editor, config, fingerprint, info)
         self.deltas = deltas  # parameter name -> (row indices or None, delta tensor)
 
-    @contextlib.contextmanager
-    def apply(self, model):
-        import torch
-
-        params = dict(model.named_parameters())
-        saved = {}
-        try:
-            with torch.no_grad():
-                for name, (rows, delta) in self.deltas.items():
-                    p = params[name]
-                    index = slice(None) if rows is None else rows.to(p.device)
-                    saved[name] = (index, p.data[index].clone())
-                    p.data[index] = p.data[index] + delta.to(device=p.device, dtype=p.dtype)
-            yield model
-        finally:
-            with torch.no_grad():
-                for name, (index, original) in saved.items():
-                    params[name].data[index] = original
-
-    def merge_into(self, model) -> None:
+    def _add_deltas(self, model, saved: dict | None = None) -> None:
+        """Add every delta in place; when ``saved`` is given, record the original rows first."""
         import torch
 
         params = dict(model.named_parameters())
@@ -290,7 +272,25 @@ class WeightDeltaEdit(Edit):
             for name, (rows, delta) in self.deltas.items():
                 p = params[name]
                 index = slice(None) if rows is None else rows.to(p.device)
+                if saved is not None:
+                    saved[name] = (p, index, p.data[index].clone())
                 p.data[index] = p.data[index] + delta.to(device=p.device, dtype=p.dtype)
+
+    @contextlib.contextmanager
+    def apply(self, model):
+        import torch
+
+        saved: dict = {}
+        try:
+            self._add_deltas(model, saved)
+            yield model
+        finally:
+            with torch.no_grad():
+                for p, index, original in saved.values():
+                    p.data[index] = original
+
+    def merge_into(self, model) -> None:
+        self._add_deltas(model)
 
     def save(self, folder: Path) -> None:
         tensors = {}
