@@ -102,10 +102,16 @@ def cmd_leaderboard(args) -> None:
 
 
 def cmd_judge_eval(args) -> None:
-    from msafety_bench.judges import get_judge
-    from msafety_bench.judges.validation import evaluate_judge, format_report, read_labels
+    from pathlib import Path
 
-    overall, per_lang, errors = evaluate_judge(get_judge(args.judge), read_labels(args.labels))
+    from msafety_bench.judges import JudgeEnv, get_judge, judge_options
+    from msafety_bench.judges.validation import evaluate_judge, format_report, read_labels
+    from msafety_bench.paths import default_cache_dir
+
+    judge = get_judge(args.judge, **judge_options(args.judge, args.judge_model, args.judge_url, args.judge_opt))
+    rows = read_labels(args.labels)
+    env = JudgeEnv(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(), args.device)
+    overall, per_lang, errors = evaluate_judge(judge, rows, env)
     print(format_report(args.judge, overall, per_lang, errors, args.errors))
 
 
@@ -150,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("judge-eval", help="agreement of a judge with human labels")
     p.add_argument("--labels", default="bundled", help="CSV with prompt, completion, final_label[, lang, type]")
     p.add_argument("--judge", default="refusal")
+    p.add_argument("--judge-model", default=None, help="model judges: size alias, hub id or folder")
+    p.add_argument("--judge-url", default=None, help="llm-rubric: OpenAI-compatible base URL")
+    p.add_argument("--judge-opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="auto")
     p.add_argument("--errors", type=int, default=0, help="list this many disagreements")
     p.set_defaults(func=cmd_judge_eval)
     return parser

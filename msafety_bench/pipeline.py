@@ -29,6 +29,15 @@ class RunOptions:
     languages: str | None = None
     limit: int | None = None
     judge: str = "refusal"
+    judge_model: str | None = None
+    judge_url: str | None = None
+    judge_opts: list[str] = field(default_factory=list)
+    backend: str = "local"  # local (transformers) or openai (any OpenAI-compatible server)
+    base_url: str | None = None
+    served_model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 4
+    request_timeout: float = 120.0
     max_new_tokens: int = 96
     batch_size: int = 64
     seed: int = 0
@@ -44,13 +53,21 @@ class RunOptions:
     def check(self) -> None:
         """Validation that needs no model and no dataset; raises UsageError."""
         from msafety_bench.editing import check_editor_spec
-        from msafety_bench.judges import judge_names
         from msafety_bench.models import resolve_model
 
-        resolve_model(self.model)
-        check_editor_spec(self.editor)
-        if self.judge not in judge_names():
-            raise UsageError(f"unknown judge '{self.judge}': choose one of {', '.join(judge_names())}")
+        if self.backend == "openai":
+            self.endpoint()  # checks URL and served model name
+            if self.editor != "none":
+                raise UsageError(
+                    f"--editor {self.editor} changes weights and needs a local model; with --backend openai only "
+                    f"--editor none runs. Write the edited model with `msafety-bench export --model M --editor "
+                    f"{self.editor} --out DIR`, serve DIR with your engine and point --base-url at it")
+        elif self.backend == "local":
+            resolve_model(self.model)
+            check_editor_spec(self.editor)
+        else:
+            raise UsageError(f"unknown --backend '{self.backend}': use local or openai")
+        self.make_judge()  # cheap: model judges load their model on first use
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -60,6 +77,18 @@ class RunOptions:
     @property
     def cache_path(self) -> Path:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+    def endpoint(self):
+        from msafety_bench.generation.remote import Endpoint
+
+        if not self.base_url or not self.served_model:
+            raise UsageError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1) and --served-model")
+        return Endpoint(self.base_url, self.served_model, self.api_key_env, self.concurrency, self.request_timeout)
+
+    def make_judge(self):
+        from msafety_bench.judges import get_judge, judge_options
+
+        return get_judge(self.judge, **judge_options(self.judge, self.judge_model, self.judge_url, self.judge_opts))
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(self.max_new_tokens, self.batch_size, self.seed, self.system_prompt)
@@ -161,53 +190,87 @@ class BenchRun:
         return self.edit
 
     def execute(self) -> None:
-        from msafety_bench.generation import generate_responses
-        from msafety_bench.judges import get_judge
+        from msafety_bench.judges import JudgeEnv, judge_all
+        from msafety_bench.judges.guard import UNPARSEABLE
         from msafety_bench.metrics import language_metrics
-        from msafety_bench.models.fingerprint import model_fingerprint
 
         opts = self.options
         started = time.time()
         evals = self.eval_records()
-        judge = get_judge(opts.judge)
+        judge = opts.make_judge()
+        timings: dict[str, float] = {}
+        if opts.backend == "openai":
+            responses, model_meta, editor_meta = self._generate_remote(evals, timings)
+        else:
+            responses, model_meta, editor_meta = self._generate_local(evals, timings)
+        t0 = time.time()
+        env = JudgeEnv(None if opts.no_cache else opts.cache_path, opts.device, opts.progress)
+        verdicts = judge_all(judge, [(r.prompt, resp, r.lang) for r, resp in zip(evals, responses)], env)
+        for rec, response, verdict in zip(evals, responses, verdicts):
+            self.samples.append({"id": rec.id, "lang": rec.lang, "label": rec.label, "category": rec.category,
+                                 "prompt": rec.prompt, "response": response, **verdict.to_dict()})
+        self.metrics = language_metrics(self.samples)
+        timings.update(judging=time.time() - t0, total=time.time() - started)
+        self.meta = {
+            "backend": opts.backend,
+            "model": model_meta,
+            "editor": editor_meta,
+            "judge": {"name": judge.name, "config": judge.config,
+                      "unparseable": sum(v.reason == UNPARSEABLE for v in verdicts)},
+            "timings_s": timings,
+        }
+        if editor_meta.get("weights_restored_after_run") is False:
+            raise RuntimeError(f"editor {opts.editor} did not restore the model's weights on exit")
+        self.executed = True
+
+    def _generate_local(self, evals, timings):
+        from msafety_bench.generation import generate_responses
+        from msafety_bench.models.fingerprint import model_fingerprint
+
+        opts = self.options
         t0 = time.time()
         self.load()
-        load_s = time.time() - t0
-        base_fp = self.base_fingerprint
-        context = self.fit_context()
+        timings["model_load"] = time.time() - t0
         t0 = time.time()
         self.fit_edit()
-        fit_s = time.time() - t0
-        cache = context.response_cache()
+        timings["editor_fit"] = time.time() - t0
+        cache = self.fit_context().response_cache()
         t0 = time.time()
         try:
             with self.edit.apply(self.loaded.model):
                 responses = generate_responses(
                     self.loaded, [r.prompt for r in evals], opts.generation_settings(), cache,
-                    base_fp, self.edit.fingerprint, progress=opts.progress, stats=self.stats)
+                    self.base_fingerprint, self.edit.fingerprint, progress=opts.progress, stats=self.stats)
         finally:
             cache.close()
-        gen_s = time.time() - t0
-        restored = model_fingerprint(self.loaded.model) == base_fp
-        t0 = time.time()
-        for rec, response in zip(evals, responses):
-            verdict = judge.judge(rec.prompt, response, rec.lang)
-            self.samples.append({"id": rec.id, "lang": rec.lang, "label": rec.label, "category": rec.category,
-                                 "prompt": rec.prompt, "response": response, **verdict.to_dict()})
-        self.metrics = language_metrics(self.samples)
-        self.meta = {
-            "model": {"name": opts.model, "kind": self.loaded.spec.kind, "source": self.loaded.spec.source,
-                      "family": self.loaded.family, "fingerprint": base_fp, "device": self.loaded.device,
+        timings["generation"] = time.time() - t0
+        restored = model_fingerprint(self.loaded.model) == self.base_fingerprint
+        model_meta = {"name": opts.model, "kind": self.loaded.spec.kind, "source": self.loaded.spec.source,
+                      "family": self.loaded.family, "fingerprint": self.base_fingerprint, "device": self.loaded.device,
                       "dtype": str(next(self.loaded.model.parameters()).dtype).replace("torch.", ""),
-                      "competence": self.competence()},
-            "editor": {**self.edit.describe(), "weights_restored_after_run": restored},
-            "judge": {"name": judge.name, "config": judge.config},
-            "timings_s": {"model_load": load_s, "editor_fit": fit_s, "generation": gen_s,
-                          "judging": time.time() - t0, "total": time.time() - started},
-        }
-        if not restored:
-            raise RuntimeError(f"editor {opts.editor} did not restore the model's weights on exit")
-        self.executed = True
+                      "competence": self.competence()}
+        return responses, model_meta, {**self.edit.describe(), "weights_restored_after_run": restored}
+
+    def _generate_remote(self, evals, timings):
+        """The model under test behind an OpenAI-compatible server: no weights here, so no editor."""
+        from msafety_bench.generation.cache import ResponseCache
+        from msafety_bench.generation.remote import chat_many, user_conversation
+
+        opts = self.options
+        endpoint = opts.endpoint()
+        cache = ResponseCache(None if opts.no_cache else opts.cache_path / "responses.sqlite")
+        t0 = time.time()
+        try:
+            responses = chat_many(endpoint, [user_conversation(r.prompt, opts.system_prompt) for r in evals],
+                                  max_tokens=opts.max_new_tokens, seed=opts.seed, cache=cache, cache_tag="none",
+                                  progress=opts.progress, desc="requests", stats=self.stats)
+        finally:
+            cache.close()
+        timings["generation"] = time.time() - t0
+        model_meta = {"name": opts.served_model, "kind": "openai", "source": endpoint.base_url,
+                      "fingerprint": endpoint.identity, "competence": None,
+                      "concurrency": endpoint.concurrency}
+        return responses, model_meta, {"name": "none", "config": {}, "fingerprint": "none", "info": {}}
 
 
 def _round_robin(records: list[PromptRecord], limit: int | None) -> list[PromptRecord]:

@@ -43,7 +43,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="msb-core, multijail[:FILE], strongreject[:FILE], csv:FILE or jsonl:FILE")
     g.addoption("--languages", default=None, help="comma list of language codes and/or tiers hrl,mrl,lrl")
     g.addoption("--limit", type=int, default=None, help="prompts per language and label")
-    g.addoption("--judge", default="refusal", help="judge name (default refusal)")
+    g.addoption("--judge", default="refusal", help="refusal (default), qwen3guard, llamaguard3, llm-rubric")
+    g.addoption("--judge-model", default=None, help="model judges: size alias, hub id or folder; llm-rubric: served model")
+    g.addoption("--judge-url", default=None, help="llm-rubric: OpenAI-compatible base URL of the grader")
+    g.addoption("--judge-opt", action="append", default=[], metavar="KEY=VALUE", help="judge option, repeatable")
+    g.addoption("--backend", default="local", help="local (transformers, default) or openai (a served model)")
+    g.addoption("--base-url", default=None, help="--backend openai: server base URL, e.g. http://127.0.0.1:8000/v1")
+    g.addoption("--served-model", default=None, help="--backend openai: the model name the server serves")
+    g.addoption("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    g.addoption("--concurrency", type=int, default=4, help="parallel requests to a server (default 4)")
+    g.addoption("--request-timeout", type=float, default=120.0, help="seconds per request before a retry")
     g.addoption("--max-new-tokens", type=int, default=96)
     g.addoption("--batch-size", type=int, default=64, help="prompts per generation batch (default 64)")
     g.addoption("--seed", type=int, default=0)
@@ -93,7 +102,10 @@ class MsbSession:
         self.options = RunOptions(
             model=opt("model"), editor=opt("editor"), editor_opts=list(opt("editor_opt")),
             editor_config=opt("editor_config"), dataset=opt("dataset"), languages=opt("languages"),
-            limit=opt("limit"), judge=opt("judge"), max_new_tokens=opt("max_new_tokens"),
+            limit=opt("limit"), judge=opt("judge"), judge_model=opt("judge_model"), judge_url=opt("judge_url"),
+            judge_opts=list(opt("judge_opt")), backend=opt("backend"), base_url=opt("base_url"),
+            served_model=opt("served_model"), api_key_env=opt("api_key_env"), concurrency=opt("concurrency"),
+            request_timeout=opt("request_timeout"), max_new_tokens=opt("max_new_tokens"),
             batch_size=opt("batch_size"), seed=opt("seed"), system_prompt=opt("system_prompt"),
             results_dir=opt("results_dir"), cache_dir=opt("cache_dir"), no_cache=opt("no_cache"),
             device=opt("device"), dtype=opt("dtype"), trust_remote_code=opt("trust_remote_code"),
@@ -136,6 +148,7 @@ class MsbSession:
         self.baseline_written = None
         self.outcomes: dict[str, str] = {}
         self.collection_error: UsageError | None = None
+        self.deselected_for_backend = False
         self.results_path = None
 
     @property
@@ -182,12 +195,18 @@ class MsbSession:
         from msafety_bench.results import summary_table
 
         run, tr = self.run, terminalreporter
-        tr.section(f"msafety-bench: {run.options.model} / editor {run.options.editor} / judge {run.options.judge}")
+        tr.section(f"msafety-bench: {run.meta['model']['name']} / editor {run.options.editor} / judge {run.options.judge}")
         for line in summary_table(run):
             tr.write_line(line)
         stats = run.stats
         tr.write_line(f"generation: {stats.requested} prompts, {stats.cached} from cache, "
                       f"{stats.generated} generated")
+        if run.meta["judge"]["unparseable"]:
+            tr.write_line(f"judge {run.options.judge}: {run.meta['judge']['unparseable']} outputs could not be "
+                          "parsed (counted as invalid, not as unsafe)")
+        if self.deselected_for_backend:
+            tr.write_line(f"utility and drift tests deselected: --backend {run.options.backend} gives no access to "
+                          "the model's logits (run them on the exported model with --backend local)")
         if self.utility:
             tr.write_line("utility (score, unedited -> edited):")
             for task, u in self.utility.items():
@@ -295,11 +314,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     session = config.stash[RUN_KEY]
     if session.collection_error is not None:
         raise pytest.UsageError(f"msafety-bench: {session.collection_error}")
-    if session.baseline is None:  # regression gates exist only against a baseline
-        gates = [item for item in items if "msb_gate_lang" in getattr(item, "fixturenames", ())]
-        if gates:
-            config.hook.pytest_deselected(items=gates)
-            items[:] = [item for item in items if item not in gates]
+    needs_local = ("msb_utility", "msb_drift", "msb_utility_task")
+    drop = [item for item in items if
+            (session.baseline is None and "msb_gate_lang" in getattr(item, "fixturenames", ()))  # gates need one
+            or (session.options.backend != "local"  # utility and drift read the model's own logits
+                and any(name in getattr(item, "fixturenames", ()) for name in needs_local))]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [item for item in items if item not in drop]
+    session.deselected_for_backend = session.options.backend != "local" and any(
+        any(name in getattr(item, "fixturenames", ()) for name in needs_local) for item in drop)
 
 
 def _once(session: MsbSession, done: bool, compute) -> MsbSession:

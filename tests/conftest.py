@@ -41,3 +41,47 @@ def suites(pytester):
 
 def pytest_report_header(config):
     return "msafety-bench tests: slow ones (marked 'slow') run the real SmolLM2 on the CPU"
+
+
+@pytest.fixture(scope="session")
+def served_smollm2(smollm2):
+    """SmolLM2 behind a real OpenAI-compatible server (`transformers serve`) on 127.0.0.1, started once
+    and stopped by process id at the end, also when a test fails. Yields (base_url, served model name)."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from msafety_bench.models.builtin import smollm2_folder
+
+    folder = str(smollm2_folder(default_cache_dir()))
+    exe = shutil.which("transformers")
+    assert exe, "the `transformers` command is missing: install msafety-bench[serving]"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"msb-serve-{port}.log"), "w")
+    proc = subprocess.Popen([exe, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/models", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"transformers serve did not come up (exit code {proc.poll()}), see {log.name}")
+                time.sleep(1)
+        yield base, folder
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

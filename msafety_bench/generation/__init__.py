@@ -54,21 +54,36 @@ def generate_responses(
     stats: GenerationStats | None = None,
 ) -> list[str]:
     """Answers for ``prompts`` (plain user messages), in order."""
+    rendered = [render_prompt(loaded.tokenizer, p, settings.system_prompt) for p in prompts]
+    return generate_rendered(loaded, rendered, settings, cache, model_fp, editor_fp, progress, stats)
+
+
+def generate_rendered(
+    loaded,
+    rendered: list[str],
+    settings: GenerationSettings,
+    cache: ResponseCache,
+    model_fp: str,
+    editor_fp: str,
+    progress: bool = True,
+    stats: GenerationStats | None = None,
+    desc: str = "generating",
+) -> list[str]:
+    """Continuations of already-rendered model inputs (model judges render their own templates)."""
     import torch
     from tqdm.auto import tqdm
 
     tok, model = loaded.tokenizer, loaded.model
     fields = settings.cache_fields()
-    rendered = [render_prompt(tok, p, settings.system_prompt) for p in prompts]
     keys = [cache_key(model_fp, editor_fp, r, fields) for r in rendered]
     answers = cache.get_many(list(dict.fromkeys(keys)))
     todo = sorted({k: r for k, r in zip(keys, rendered) if k not in answers}.items(),
                   key=lambda kv: -len(tok(kv[1], add_special_tokens=False).input_ids))
     stats = stats if stats is not None else GenerationStats()
-    stats.requested += len(prompts)
-    stats.cached += len(prompts) - sum(1 for k in keys if k not in answers)
+    stats.requested += len(rendered)
+    stats.cached += len(rendered) - sum(1 for k in keys if k not in answers)
     torch.manual_seed(settings.seed)
-    bar = tqdm(total=len(todo), desc="generating", unit="prompt", disable=not progress or not todo)
+    bar = tqdm(total=len(todo), desc=desc, unit="prompt", disable=not progress or not todo)
     for start in range(0, len(todo), settings.batch_size):
         batch = todo[start : start + settings.batch_size]
         texts = _generate_batch(model, tok, [r for _, r in batch], settings, loaded.device)

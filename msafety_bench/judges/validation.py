@@ -68,10 +68,12 @@ def read_labels(spec: str) -> list[dict]:
     return rows
 
 
-def evaluate_judge(judge, rows: list[dict]) -> tuple[Agreement, dict[str, Agreement], list[dict]]:
+def evaluate_judge(judge, rows: list[dict], env=None) -> tuple[Agreement, dict[str, Agreement], list[dict]]:
+    from msafety_bench.judges import judge_all
+
     overall, per_lang, errors = Agreement(), defaultdict(Agreement), []
-    for row in rows:
-        verdict = judge.judge(row["prompt"], row["completion"], row["lang"])
+    verdicts = judge_all(judge, [(row["prompt"], row["completion"], row["lang"]) for row in rows], env)
+    for row, verdict in zip(rows, verdicts):
         pair = (row["human"], verdict.verdict)
         overall.pairs.append(pair)
         per_lang[row["lang"]].pairs.append(pair)

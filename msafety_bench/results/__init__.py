@@ -43,7 +43,7 @@ def build_results(run, tests: dict[str, str] | None = None) -> dict:
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "run_id": make_run_id(opts.model, opts.editor, now),
+        "run_id": make_run_id(Path(str(run.meta["model"]["name"])).name, opts.editor, now),
         "created": now.isoformat(timespec="seconds"),
         **run.meta,
         "dataset": {"spec": opts.dataset, "languages": run.languages, "limit": opts.limit,
