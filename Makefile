@@ -5,8 +5,13 @@ BIN := $(VENV)/bin
 # The CPU build of torch; a GPU user sets e.g. TORCH="torch==2.13.0" with their own index configured.
 TORCH ?= torch==2.13.0
 BENCH_ARGS ?=
+# The comparison run on the English-safe organism: one results folder per invocation, one report.
+ORGANISM_EDITORS ?= none sparse steering sft sft+sparse
+ORGANISM_ARGS ?= --preset smollm2-en-safe
+ORGANISM_STAMP := $(shell date +%Y%m%dT%H%M%S)
+ORGANISM_DIR ?= results/organism-$(ORGANISM_STAMP)
 
-.PHONY: setup browser bench test clean
+.PHONY: setup browser bench bench-smollm2 bench-organism test clean
 
 setup: $(VENV)/.installed
 
@@ -24,8 +29,18 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 		|| { echo "install Debian's chromium (apt-get install chromium) for the report tests" >&2; exit 1; }
 
-bench: setup
+bench: bench-smollm2 bench-organism
+
+bench-smollm2: setup
 	$(BIN)/pytest suites/ --model smollm2 --editor none $(BENCH_ARGS)
+
+# A failing gate (exit 1) does not stop the comparison; a usage error (exit >= 2) does.
+bench-organism: setup
+	for editor in $(ORGANISM_EDITORS); do \
+		$(BIN)/pytest suites/ --editor $$editor $(ORGANISM_ARGS) --results-dir $(ORGANISM_DIR); \
+		rc=$$?; [ $$rc -le 1 ] || exit $$rc; \
+	done
+	$(BIN)/msafety-bench report $(ORGANISM_DIR)/*.json -o $(ORGANISM_DIR)/report.html
 
 # pytest exits 5 when it collects nothing: that is a failure, never a green run.
 test: setup browser

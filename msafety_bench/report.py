@@ -126,7 +126,9 @@ def build_context(runs: list[dict]) -> dict:
             base = first.get(lang)
             delta = None if not m or not base or m["asr"] is None or base["asr"] is None else m["asr"] - base["asr"]
             cells.append({"m": m, "colour": _heat(m["asr"] if m else None), "delta": delta})
-        rows.append({"lang": lang, "name": language_name(lang), "tier": tier_of(lang), "cells": cells})
+        outside = any(r["model"].get("competence") is not None and lang not in r["model"]["competence"] for r in runs)
+        rows.append({"lang": lang, "name": language_name(lang), "tier": tier_of(lang), "cells": cells,
+                     "outside_competence": outside})
     tiers = [(tier, [r for r in rows if r["tier"] == tier]) for tier in (*TIERS, "other")]
     diagnostics = []
     for run in runs:
@@ -149,6 +151,7 @@ def build_context(runs: list[dict]) -> dict:
     drill = [{"lang": lang, "name": language_name(lang),
               "prompts": [v for (lg, _), v in samples.items() if lg == lang]} for lang in langs]
     return {"runs": runs, "labels": [run_label(r) for r in runs], "langs": langs, "tiers": tiers,
+            "any_outside_competence": any(r["outside_competence"] for r in rows),
             "asr_svg": asr_chart(runs, langs), "diagnostics": diagnostics, "utility_tasks": utility_tasks,
             "drift_langs": drift_langs, "drill": drill,
             "config_json": [json.dumps(r["editor"].get("config") or [p.get("config") for p in _editor_parts(r["editor"])],

@@ -61,3 +61,10 @@ def test_preset_fills_unset_options_and_rejects_unknown_names(suites, tmp_path):
     bad = suites.runpytest_subprocess("--preset", "nope", *base[2:])
     assert bad.ret == 4
     bad.stderr.fnmatch_lines(["*unknown preset 'nope': choose one of smollm2-en-safe*"])
+
+
+def test_preset_warns_when_the_judge_differs(suites, tmp_path):
+    result = suites.runpytest_subprocess("--preset", "smollm2-en-safe", "--judge", "llamaguard3", "--judge-model",
+                                         "tiny-qwen2", "--collect-only", "-q", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*preset smollm2-en-safe was measured with judge 'refusal', this run uses "
+                                 "'llamaguard3': its numbers are not comparable*"])
