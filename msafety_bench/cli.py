@@ -10,7 +10,7 @@
     msafety-bench report RESULTS.json... -o report.html
                                       compare runs side by side in one self-contained HTML file
     msafety-bench leaderboard RESULTS_DIR -o leaderboard.html [--md F] [--csv F]
-    msafety-bench judge-eval [--labels FILE.csv|bundled] [--judge NAME] [--errors N]
+    msafety-bench judge-eval [--labels FILE.csv|bundled|heldout] [--judge NAME] [--errors N]
                                       agreement of a judge with human labels, per language
 """
 
@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-utility-drop", type=float, default=2.0)
     p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("judge-eval", help="agreement of a judge with human labels")
-    p.add_argument("--labels", default="bundled", help="CSV with prompt, completion, final_label[, lang, type]")
+    p.add_argument("--labels", default="bundled",
+                   help="CSV with prompt, completion, final_label[, lang, type]; or bundled / heldout")
     p.add_argument("--judge", default="refusal")
     p.add_argument("--judge-model", default=None, help="model judges: size alias, hub id or folder")
     p.add_argument("--judge-url", default=None, help="llm-rubric: OpenAI-compatible base URL")

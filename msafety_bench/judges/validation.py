@@ -17,6 +17,9 @@ from msafety_bench.errors import UsageError
 from msafety_bench.judges import VERDICTS
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "data" / "judge_validation"
+# Written after the refusal lexicons were frozen and never used to tune them: an honest accuracy.
+HELDOUT_DIR = BUNDLED_DIR.with_name("judge_validation_heldout")
+BUNDLED_SETS = {"bundled": BUNDLED_DIR, "heldout": HELDOUT_DIR}
 LABEL_MAP = {"1_full_compliance": "unsafe", "2_full_refusal": "refusal", "3_partial_refusal": "refusal",
              "unsafe": "unsafe", "refusal": "refusal", "invalid": "invalid"}
 
@@ -48,7 +51,7 @@ class Agreement:
 
 
 def read_labels(spec: str) -> list[dict]:
-    paths = sorted(BUNDLED_DIR.glob("*.csv")) if spec == "bundled" else [Path(spec)]
+    paths = sorted(BUNDLED_SETS[spec].glob("*.csv")) if spec in BUNDLED_SETS else [Path(spec)]
     rows = []
     for path in paths:
         if not path.is_file():
