@@ -26,7 +26,9 @@ _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": 
 _LEADING_MARKUP = " \t\r\n*#>\"'-_:|•·"
 # Sentence ends in the 13 languages: Latin/Arabic marks, CJK full stops, Devanagari/Bengali danda,
 # Arabic question mark, Thai uses spaces (handled by the minimum head length).
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？।؟])\s*|\n+")
+# A Latin/Arabic/Indic mark ends a sentence only before whitespace, so abbreviations written without
+# spaces (Thai "พ.ร.บ.", "e.g.") stay inside it; CJK full stops end a sentence with or without a space.
+_SENTENCE_END = re.compile(r"(?<=[.!?।؟])\s+|(?<=[。！？])\s*|\n+")
 HEAD_MIN_CHARS = 80
 HEAD_MAX_CHARS = 320
 MIN_NOVEL_BYTES = 64
