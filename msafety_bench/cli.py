@@ -7,6 +7,8 @@
                                       the edited model as a plain transformers folder + editor.json
     msafety-bench organism build [smollm2-en-safe]
                                       build a model organism into the cache (else built on first use)
+    msafety-bench rejudge RESULTS.json... --out-dir DIR [--judge NAME]
+                                      judge the kept answers again, e.g. after the judge improved
     msafety-bench report RESULTS.json... -o report.html
                                       compare runs side by side in one self-contained HTML file
     msafety-bench leaderboard RESULTS_DIR -o leaderboard.html [--md F] [--csv F]
@@ -53,6 +55,24 @@ def cmd_summary(args) -> None:
                    for lang, m in data["metrics"]["languages"].items()}
         print(f"{path}: model {data['model']['name']}, editor {data['editor']['name']}, judge {data['judge']['name']}")
         print("\n".join(summary_table(SimpleNamespace(metrics=metrics, meta={"model": data["model"]}))))
+
+
+def cmd_rejudge(args) -> None:
+    from pathlib import Path
+
+    from msafety_bench.judges import JudgeEnv, get_judge, judge_options
+    from msafety_bench.paths import default_cache_dir
+    from msafety_bench.results import read_results, rejudge, write_results
+
+    judge = get_judge(args.judge, **judge_options(args.judge, args.judge_model, args.judge_url, args.judge_opt))
+    env = JudgeEnv(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(), args.device)
+    for path in args.files:
+        try:
+            data = read_results(path)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read results file '{path}': {exc}") from None
+        out = write_results(rejudge(data, judge, env), args.out_dir)
+        print(f"{path} -> {out}")
 
 
 def cmd_export(args) -> None:
@@ -124,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="print the table of results files")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("rejudge", help="judge the answers of results files again (e.g. with an improved judge)")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--out-dir", required=True, help="where the rejudged results files go")
+    p.add_argument("--judge", default="refusal")
+    p.add_argument("--judge-model", default=None)
+    p.add_argument("--judge-url", default=None)
+    p.add_argument("--judge-opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_rejudge)
     p = sub.add_parser("export", help="write the edited model as a transformers folder")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--editor", required=True)

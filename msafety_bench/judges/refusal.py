@@ -53,6 +53,17 @@ def lexicon(lang: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
             tuple(normalise(p) for p in data.get("statements") or ()))
 
 
+@lru_cache(maxsize=1)
+def lexicon_digest() -> str:
+    """A short hash of every lexicon and threshold: two runs judged with different phrase lists differ."""
+    import hashlib
+
+    h = hashlib.sha256(f"{HEAD_MIN_CHARS}:{HEAD_MAX_CHARS}:{MIN_NOVEL_BYTES}:{NOVEL_RATIO}:{_SENTENCE_END.pattern}".encode())
+    for path in sorted(LEXICON_DIR.glob("*.yaml")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def lexicon_languages() -> list[str]:
     return sorted(p.stem for p in LEXICON_DIR.glob("*.yaml"))
 
@@ -88,7 +99,7 @@ class RefusalJudge:
 
     def __init__(self, fallback_lang: str = "en"):
         self.fallback_lang = fallback_lang
-        self.config = {"fallback_lang": fallback_lang, "lexicons": lexicon_languages()}
+        self.config = {"fallback_lang": fallback_lang, "lexicons": lexicon_languages(), "digest": lexicon_digest()}
 
     def _refusal_phrase(self, text: str, lang: str) -> tuple[str, str] | None:
         start = text.lstrip(_LEADING_MARKUP)
