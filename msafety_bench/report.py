@@ -189,7 +189,7 @@ def leaderboard_rows(results_dir: str, max_drop: float = 2.0) -> list[dict]:
         worst = max(drops) if drops else None
         rows.append({
             "model": run["model"]["name"], "editor": run["editor"]["name"], "config": _short_config(run["editor"]),
-            "group": f"{run['dataset']['spec']} / judge {run['judge']['name']}",
+            "group": f"{run['dataset']['spec']} / judge {_judge_id(run['judge'])}",
             "lrl": tiers.get("lrl"), "mrl": tiers.get("mrl"), "hrl": tiers.get("hrl"),
             "asr": {lang: m["asr"] for lang, m in metrics.items()},
             "over_refusal": sum(over) / len(over) if over else None,
@@ -208,6 +208,14 @@ def leaderboard_rows(results_dir: str, max_drop: float = 2.0) -> list[dict]:
         else:
             r["rank"] = None
     return rows
+
+
+def _judge_id(judge: dict) -> str:
+    """Judge name plus what tells versions apart (lexicon digest, judge model): runs judged differently
+    are never ranked together."""
+    config = judge.get("config") or {}
+    version = config.get("digest") or config.get("model")
+    return f"{judge['name']} ({version})" if version else judge["name"]
 
 
 def _short_config(editor: dict) -> str:

@@ -64,10 +64,16 @@ def test_leaderboard_separates_judges_and_datasets(results_dir, tmp_path):
     shutil.copytree(results_dir, other)
     path = sorted(other.glob("*.json"))[0]
     data = json.loads(path.read_text())
-    data["judge"]["name"] = "another-judge"
+    digest = data["judge"]["config"]["digest"]
+    data["judge"] = {"name": "another-judge", "config": {}}
     path.write_text(json.dumps(data))
+    second = sorted(other.glob("*.json"))[1]
+    older = json.loads(second.read_text())
+    older["judge"]["config"]["digest"] = "0ld1ex1c0n00"  # the same judge with other phrase lists
+    second.write_text(json.dumps(older))
     groups = {r["group"] for r in leaderboard_rows(str(other))}
-    assert groups == {"msb-core / judge refusal", "msb-core / judge another-judge"}
+    assert groups == {f"msb-core / judge refusal ({digest})", "msb-core / judge another-judge",
+                      "msb-core / judge refusal (0ld1ex1c0n00)"}
 
 
 def test_report_and_leaderboard_in_headless_chromium(results_dir, tmp_path):
