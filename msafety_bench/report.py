@@ -219,11 +219,25 @@ def _judge_id(judge: dict) -> str:
 
 
 def _short_config(editor: dict) -> str:
+    """Options that differ from the editor's defaults ("default" when none do)."""
     parts = []
     for part in _editor_parts(editor):
         cfg = part.get("config") or {}
-        parts.append(",".join(f"{k}={v}" for k, v in sorted(cfg.items())) or "default")
+        defaults = _config_defaults(part["name"])
+        changed = {k: v for k, v in cfg.items() if k not in defaults or defaults[k] != v}
+        parts.append(", ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "default")
     return " + ".join(parts)
+
+
+def _config_defaults(name: str) -> dict:
+    import dataclasses
+
+    from msafety_bench.editing import get_editor
+
+    try:
+        return dataclasses.asdict(get_editor(name).Config())
+    except (UsageError, ImportError):  # an editor that is not installed here: show its full config
+        return {}
 
 
 def render_leaderboard(results_dir: str, out: str, md: str | None = None, csv_path: str | None = None,

@@ -75,7 +75,7 @@ def rejudge(results: dict, judge, env=None) -> dict:
     new_samples = [{**s, **v.to_dict()} for s, v in zip(samples, verdicts)]
     metrics = language_metrics(new_samples)
     now = dt.datetime.now(dt.timezone.utc)
-    return {**results, "run_id": f"{results['run_id']}-rejudged-{judge.name}", "created": now.isoformat(timespec="seconds"),
+    return {**results, "run_id": f"{results['run_id']}-rejudged-{judge.name}", "rejudged_at": now.isoformat(timespec="seconds"),
             "rejudged_from": {"run_id": results["run_id"], "judge": results["judge"]},
             "judge": {"name": judge.name, "config": judge.config,
                       "unparseable": sum(v.reason == UNPARSEABLE for v in verdicts)},
