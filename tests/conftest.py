@@ -47,23 +47,24 @@ def pytest_report_header(config):
 def served_smollm2(smollm2):
     """SmolLM2 behind a real OpenAI-compatible server (`transformers serve`) on 127.0.0.1, started once
     and stopped by process id at the end, also when a test fails. Yields (base_url, served model name)."""
-    import shutil
     import signal
     import socket
     import subprocess
+    import sys
+    import tempfile
     import time
     import urllib.request
 
     from msafety_bench.models.builtin import smollm2_folder
 
     folder = str(smollm2_folder(default_cache_dir()))
-    exe = shutil.which("transformers")
-    assert exe, "the `transformers` command is missing: install msafety-bench[serving]"
+    # The `transformers` console script through this interpreter: the venv need not be on PATH.
+    serve = [sys.executable, "-m", "transformers.cli.transformers", "serve"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"msb-serve-{port}.log"), "w")
-    proc = subprocess.Popen([exe, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+    log = open(os.path.join(tempfile.gettempdir(), f"msb-serve-{port}.log"), "w")
+    proc = subprocess.Popen([*serve, folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
                             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}/v1"
