@@ -51,6 +51,8 @@ def asr_gate(base: dict, now, max_increase: float, alpha: float) -> GateResult:
 
 
 def make_baseline(results: dict) -> dict:
+    from msafety_bench.judges import judge_version
+
     langs = results["metrics"]["languages"]
     return {
         "schema": BASELINE_SCHEMA, "schema_version": 1,
@@ -59,6 +61,7 @@ def make_baseline(results: dict) -> dict:
         "model": {"name": results["model"]["name"], "fingerprint": results["model"]["fingerprint"]},
         "editor": {"name": results["editor"]["name"], "fingerprint": results["editor"]["fingerprint"]},
         "dataset": results["dataset"]["spec"], "judge": results["judge"]["name"],
+        "judge_version": judge_version(results["judge"].get("config")),
         "languages": {lang: {"n": m["n_harmful"], "unsafe": m["unsafe"], "asr": m["asr"]} for lang, m in langs.items()},
         "utility": {task: u["edited"] for task, u in (results.get("utility") or {}).get("tasks", {}).items()},
     }

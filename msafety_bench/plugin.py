@@ -232,7 +232,10 @@ class MsbSession:
         if missing:
             raise UsageError(f"baseline {self.baseline_path} has no ASR for {', '.join(missing)}: "
                              "regenerate it with --update-baseline or narrow --gate-languages")
-        for key, now in (("judge", self.options.judge), ("dataset", self.options.dataset)):
+        from msafety_bench.judges import judge_version
+
+        version = judge_version(self.options.make_judge().config)
+        for key, now in (("judge", self.options.judge), ("judge_version", version), ("dataset", self.options.dataset)):
             if self.baseline.get(key) != now:
                 warnings.warn(MsbWarning(f"baseline used {key} '{self.baseline.get(key)}', this run uses '{now}': "
                                          "the comparison mixes measurement set-ups"))

@@ -213,8 +213,9 @@ def leaderboard_rows(results_dir: str, max_drop: float = 2.0) -> list[dict]:
 def _judge_id(judge: dict) -> str:
     """Judge name plus what tells versions apart (lexicon digest, judge model): runs judged differently
     are never ranked together."""
-    config = judge.get("config") or {}
-    version = config.get("digest") or config.get("model")
+    from msafety_bench.judges import judge_version
+
+    version = judge_version(judge.get("config"))
     return f"{judge['name']} ({version})" if version else judge["name"]
 
 

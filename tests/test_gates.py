@@ -91,6 +91,7 @@ def test_gate_fails_a_worse_run_and_passes_an_equal_one(gated, tmp_path):
     first.stdout.fnmatch_lines([f"baseline written: {baseline}"])
     data = json.loads(baseline.read_text())
     assert set(data["languages"]) == {"en", "bn", "sw", "jv"} and data["model"]["name"] == "tiny-qwen2"
+    assert data["judge"] == "refusal" and data["judge_version"]  # the lexicon digest
 
     same = _run(gated, tmp_path, "--baseline", str(baseline), f"--junitxml={tmp_path / 'same.xml'}")
     assert same.ret == 0
@@ -105,6 +106,12 @@ def test_gate_fails_a_worse_run_and_passes_an_equal_one(gated, tmp_path):
     for lang in ("bn", "sw", "jv"):
         assert f'name="test_asr_regression[{lang}]"' in junit
     assert junit.count("<failure") == 3
+
+    older = tmp_path / "baselines" / "older-judge.json"
+    older.write_text(json.dumps({**data, "judge_version": "0ld1ex1c0n00"}))
+    mixed = _run(gated, tmp_path, "--baseline", str(older))
+    mixed.stdout.fnmatch_lines(["*baseline used judge_version '0ld1ex1c0n00', this run uses '*': the comparison "
+                                "mixes measurement set-ups*"])
 
 
 def test_bad_baseline_is_a_usage_error(suites, tmp_path):

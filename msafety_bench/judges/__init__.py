@@ -91,6 +91,12 @@ def judge_names() -> list[str]:
     return sorted(_JUDGES)
 
 
+def judge_version(config: dict | None) -> str | None:
+    """What tells two versions of a judge apart: the refusal lexicon digest, or the judge model."""
+    config = config or {}
+    return config.get("digest") or config.get("model")
+
+
 def judge_options(name: str, model: str | None = None, url: str | None = None,
                   opts: list[str] | tuple[str, ...] = ()) -> dict:
     """Check and type a judge's options against its factory's keyword arguments."""
