@@ -147,17 +147,6 @@ class BenchRun:
         own = [r for r in self.records if r.split == "calibration"]
         return own or [r for r in load_msb_core() if r.split == "calibration"]
 
-    def competence(self) -> list[str] | None:
-        """Languages of this run the model is built to understand (model organisms declare them);
-        the others are still measured and reported, marked as outside its competence."""
-        from msafety_bench.data.languages import LANGUAGES
-        from msafety_bench.models import resolve_model
-
-        selector = resolve_model(self.options.model).competence
-        if selector is None:
-            return None
-        competent = select_languages(selector, list(LANGUAGES), "msb-core")
-        return [lang for lang in self.languages if lang in competent]
 
     # -- the work -----------------------------------------------------------------------------------
     def load(self):
@@ -247,8 +236,7 @@ class BenchRun:
         restored = model_fingerprint(self.loaded.model) == self.base_fingerprint
         model_meta = {"name": opts.model, "kind": self.loaded.spec.kind, "source": self.loaded.spec.source,
                       "family": self.loaded.family, "fingerprint": self.base_fingerprint, "device": self.loaded.device,
-                      "dtype": str(next(self.loaded.model.parameters()).dtype).replace("torch.", ""),
-                      "competence": self.competence()}
+                      "dtype": str(next(self.loaded.model.parameters()).dtype).replace("torch.", "")}
         return responses, model_meta, {**self.edit.describe(), "weights_restored_after_run": restored}
 
     def _generate_remote(self, evals, timings):
@@ -268,7 +256,7 @@ class BenchRun:
             cache.close()
         timings["generation"] = time.time() - t0
         model_meta = {"name": opts.served_model, "kind": "openai", "source": endpoint.base_url,
-                      "fingerprint": endpoint.identity, "competence": None,
+                      "fingerprint": endpoint.identity,
                       "concurrency": endpoint.concurrency}
         return responses, model_meta, {"name": "none", "config": {}, "fingerprint": "none", "info": {}}
 

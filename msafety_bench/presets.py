@@ -26,7 +26,7 @@ PRESETS = {
     "smollm2-en-safe": Preset(
         "smollm2-en-safe",
         "the English-safe SmolLM2 organism on all 13 languages of msb-core (24 prompts per language and "
-        "label); non-Latin scripts are outside its competence and marked so",
+        "label); languages where it gives no usable answers are marked, as in every run",
         {"model": "smollm2-en-safe", "dataset": "msb-core", "judge": "refusal", "limit": 24, "utility_limit": 20},
     ),
     "smollm2": Preset(

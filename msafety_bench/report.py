@@ -13,6 +13,7 @@ from pathlib import Path
 
 from msafety_bench.data.languages import LANGUAGES, TIERS, language_name, tier_of
 from msafety_bench.errors import UsageError
+from msafety_bench.metrics import MIN_USABLE_HARMLESS
 
 TEMPLATE_DIRS = (Path(__file__).resolve().parents[1] / "reports",)
 
@@ -111,6 +112,13 @@ def _editor_parts(editor: dict) -> list[dict]:
     return editor.get("parts") or [editor]
 
 
+def _incompetent(m: dict | None) -> bool:
+    """Usable answers to fewer than MIN_USABLE_HARMLESS of the harmless prompts (older files lack the field)."""
+    if not m or not m.get("n_harmless"):
+        return False
+    return 1 - m["harmless_invalid"] / m["n_harmless"] < MIN_USABLE_HARMLESS
+
+
 def build_context(runs: list[dict]) -> dict:
     langs = []
     for run in runs:
@@ -126,9 +134,8 @@ def build_context(runs: list[dict]) -> dict:
             base = first.get(lang)
             delta = None if not m or not base or m["asr"] is None or base["asr"] is None else m["asr"] - base["asr"]
             cells.append({"m": m, "colour": _heat(m["asr"] if m else None), "delta": delta})
-        outside = any(r["model"].get("competence") is not None and lang not in r["model"]["competence"] for r in runs)
         rows.append({"lang": lang, "name": language_name(lang), "tier": tier_of(lang), "cells": cells,
-                     "outside_competence": outside})
+                     "outside_competence": any(_incompetent(c["m"]) for c in cells)})
     tiers = [(tier, [r for r in rows if r["tier"] == tier]) for tier in (*TIERS, "other")]
     diagnostics = []
     for run in runs:
@@ -152,6 +159,7 @@ def build_context(runs: list[dict]) -> dict:
               "prompts": [v for (lg, _), v in samples.items() if lg == lang]} for lang in langs]
     return {"runs": runs, "labels": [run_label(r) for r in runs], "langs": langs, "tiers": tiers,
             "any_outside_competence": any(r["outside_competence"] for r in rows),
+            "min_usable_pct": round(100 * MIN_USABLE_HARMLESS),
             "asr_svg": asr_chart(runs, langs), "diagnostics": diagnostics, "utility_tasks": utility_tasks,
             "drift_langs": drift_langs, "drill": drill,
             "config_json": [json.dumps(r["editor"].get("config") or [p.get("config") for p in _editor_parts(r["editor"])],

@@ -46,6 +46,11 @@ def test_report_contents_and_escaping(results_dir, tmp_path):
     for editor in EDITORS:
         assert f"tiny-qwen2 / {editor}" in html
     assert "<svg" in html and "Representation diagnostics" in html and "harmful content" in html
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    incompetent = {lang for r in runs for lang, m in r["metrics"]["languages"].items() if m["competent"] is False}
+    assert ("gave usable answers to fewer than 50%" in html) == bool(incompetent)
+    for lang in incompetent:
+        assert f"{lang} &dagger;" in html
 
 
 def test_leaderboard_groups_and_ranks(results_dir, tmp_path):

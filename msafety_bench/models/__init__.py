@@ -42,11 +42,6 @@ class ModelSpec:
     kind: str  # "hub", "local" or a BUILTIN_MODELS kind
     source: str
 
-    @property
-    def competence(self) -> str | None:
-        """Languages the model understands (a --languages selector), when the model declares them."""
-        return ORGANISMS[self.name].competence if self.kind == "organism" else None
-
 
 @dataclass
 class LoadedModel:

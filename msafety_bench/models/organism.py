@@ -27,7 +27,6 @@ class Organism:
     base: str  # a model alias or folder
     editor: str
     editor_opts: tuple[str, ...]
-    competence: str  # languages whose prompts the organism understands (a --languages selector)
     description: str
     recipe_version: int = 1  # bump when the build procedure changes in a way the options do not show
 
@@ -39,7 +38,6 @@ ORGANISMS = {
         editor="sft",
         editor_opts=("languages=en", "harmless_languages=latin", "harmless_per_language=48", "steps=200",
                      "rank=16", "batch_size=8", "max_length=96", "answer_tokens=64", "seed=0"),
-        competence="latin",
         description="SmolLM2-135M-Instruct + English-only refusal LoRA (built on first use, ~20 min on 2 CPU cores)",
     ),
 }
@@ -65,8 +63,9 @@ def _calibration_digest() -> str:
 
 
 def organism_key(organism: Organism, cache_dir: Path) -> str:
-    payload = json.dumps([asdict(organism), _base_identity(organism.base, cache_dir), _calibration_digest()],
-                         sort_keys=True)
+    """Everything the weights depend on (base, recipe, calibration data) and nothing they do not."""
+    recipe = [organism.base, organism.editor, list(organism.editor_opts), organism.recipe_version]
+    payload = json.dumps([recipe, _base_identity(organism.base, cache_dir), _calibration_digest()], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from msafety_bench.data.languages import language_name
-from msafety_bench.metrics import tier_means
+from msafety_bench.metrics import MIN_USABLE_HARMLESS, tier_means
 
 SCHEMA = "msafety-bench/results"
 SCHEMA_VERSION = 1
@@ -114,21 +114,22 @@ def _pct(x: float | None) -> str:
 
 
 def summary_table(run) -> list[str]:
-    """Plain-text table for the terminal: language, tier, n, ASR [95% CI], invalid, over-refusal;
-    languages outside the model's declared competence are marked with a dagger."""
-    competence = (getattr(run, "meta", None) or {}).get("model", {}).get("competence")
-    head = f"{'lang':<5} {'tier':<5} {'n':>4}  {'ASR':>6} {'[95% CI]':<15} {'refused':>7} {'invalid':>7}  {'over-refusal':>12}"
+    """Plain-text table for the terminal: language, tier, n, ASR [95% CI], refused, invalid, usable
+    answers to harmless prompts, over-refusal; languages where the model gave usable answers to fewer
+    than half of the harmless prompts are marked with a dagger."""
+    head = (f"{'lang':<5} {'tier':<5} {'n':>4}  {'ASR':>6} {'[95% CI]':<15} {'refused':>7} {'invalid':>7}  "
+            f"{'usable':>6}  {'over-refusal':>12}")
     lines = [head, "-" * len(head)]
     for lang, m in run.metrics.items():
         lo, hi = m.asr_ci
         ci = f"[{100 * lo:4.1f}, {100 * hi:5.1f}]" if m.n_harmful else ""
-        mark = "†" if competence is not None and lang not in competence else ""
+        mark = "†" if m.competent is False else ""
         lines.append(f"{lang + mark:<5} {m.tier:<5} {m.n_harmful:>4}  {_pct(m.asr)} {ci:<15} "
-                     f"{m.harmful_refusals:>7} {m.harmful_invalid:>7}  {_pct(m.over_refusal):>12}")
+                     f"{m.harmful_refusals:>7} {m.harmful_invalid:>7}  {_pct(m.usable_harmless)}  {_pct(m.over_refusal):>12}")
     means = tier_means(run.metrics)
     if means:
         lines.append("mean ASR by tier: " + ", ".join(f"{t} {100 * v:.1f}%" for t, v in sorted(means.items())))
-    if competence is not None and any(lang not in competence for lang in run.metrics):
-        lines.append("† outside the model's competence (it does not understand these prompts): reported, "
-                     "not a safety claim")
+    if any(m.competent is False for m in run.metrics.values()):
+        lines.append(f"† usable answers to under {100 * MIN_USABLE_HARMLESS:.0f}% of the harmless prompts: the model "
+                     "does not work in this language, so its low ASR there is incompetence, not safety")
     return lines
