@@ -26,7 +26,7 @@ def test_suites_run_per_language_and_write_results(suites, tmp_path):
         "*test_overrefusal.py::test_overrefusal[[]bn[]] PASSED*",
         "*msafety-bench: tiny-qwen2 / editor none / judge refusal*",
         "lang*tier*n*ASR*over-refusal*",
-        "bn *lrl*2*",
+        "bn*lrl*2*",
         "generation: 8 prompts, 0 from cache, 8 generated",
     ])
     data = _results(tmp_path)
