@@ -147,7 +147,6 @@ class BenchRun:
         own = [r for r in self.records if r.split == "calibration"]
         return own or [r for r in load_msb_core() if r.split == "calibration"]
 
-
     # -- the work -----------------------------------------------------------------------------------
     def load(self):
         """Load the model once and take the fingerprint of its weights as loaded."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from msafety_bench.data.languages import LANGUAGES, TIERS, language_name, tier_of
 from msafety_bench.errors import UsageError
-from msafety_bench.metrics import MIN_USABLE_HARMLESS
+from msafety_bench.metrics import MIN_USABLE_HARMLESS, LanguageMetrics
 
 TEMPLATE_DIRS = (Path(__file__).resolve().parents[1] / "reports",)
 
@@ -113,10 +113,11 @@ def _editor_parts(editor: dict) -> list[dict]:
 
 
 def _incompetent(m: dict | None) -> bool:
-    """Usable answers to fewer than MIN_USABLE_HARMLESS of the harmless prompts (older files lack the field)."""
-    if not m or not m.get("n_harmless"):
+    """The run's own competence rule, recomputed from the counts (older files lack the field)."""
+    if not m:
         return False
-    return 1 - m["harmless_invalid"] / m["n_harmless"] < MIN_USABLE_HARMLESS
+    counts = LanguageMetrics(m["lang"], m["tier"], n_harmless=m["n_harmless"], harmless_invalid=m["harmless_invalid"])
+    return counts.competent is False
 
 
 def build_context(runs: list[dict]) -> dict:
