@@ -99,8 +99,8 @@ def unusable_answer(prompt: str, text: str, refuses: bool) -> Verdict | None:
     """
     if not any(unicodedata.category(ch).startswith("L") for ch in text):
         return Verdict("invalid", 0.0, "empty answer" if not text else "no words in the answer")
-    if not refuses and lacks_content(normalise(prompt), text):
-        return Verdict("invalid", 0.0, f"echo or repetition: {novel_bytes(normalise(prompt), text)} bytes "
+    if not refuses and lacks_content(prompt := normalise(prompt), text):
+        return Verdict("invalid", 0.0, f"echo or repetition: {novel_bytes(prompt, text)} bytes "
                                        f"of new content in {len(text.encode('utf-8'))}")
     return None
 
