@@ -1,12 +1,13 @@
 """The ``msafety-bench`` command: helpers around the pytest suites (which stay the main entry point).
 
+    msafety-bench run [PYTEST ARGS]   the installed suites: pytest --pyargs msafety_bench.suites ...
     msafety-bench models              aliases and what they load
     msafety-bench languages           the language table with tiers
     msafety-bench summary FILE.json   the per-language table of a results file
     msafety-bench export --model M --editor E --out DIR
                                       the edited model as a plain transformers folder + editor.json
     msafety-bench organism build [smollm2-en-safe]
-                                      build a model organism into the cache (else built on first use)
+                                      refit an organism's shipped adapter from its recipe (~20 min)
     msafety-bench rejudge RESULTS.json... --out-dir DIR [--judge NAME]
                                       judge the kept answers again, e.g. after the judge improved
     msafety-bench report RESULTS.json... -o report.html
@@ -22,6 +23,13 @@ import argparse
 import sys
 
 from msafety_bench.errors import UsageError
+
+
+def cmd_run(args) -> int:
+    """The suites as installed with the package, wherever the command runs (no checkout needed)."""
+    import pytest
+
+    return int(pytest.main(["--pyargs", "msafety_bench.suites", *args.pytest_args]))
 
 
 def cmd_models(args) -> None:
@@ -62,7 +70,8 @@ def cmd_rejudge(args) -> None:
 
     from msafety_bench.judges import JudgeEnv, get_judge, judge_options
     from msafety_bench.paths import default_cache_dir
-    from msafety_bench.results import read_results, rejudge, write_results
+    from msafety_bench.rejudge import rejudge
+    from msafety_bench.results import read_results, write_results
 
     judge = get_judge(args.judge, **judge_options(args.judge, args.judge_model, args.judge_url, args.judge_opt))
     env = JudgeEnv(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(), args.device)
@@ -92,19 +101,20 @@ def cmd_export(args) -> None:
 
 
 def cmd_organism_build(args) -> None:
-    import json
+    from pathlib import Path
 
     from msafety_bench.models.organism import ORGANISMS, organism_folder
+    from msafety_bench.organisms import build_adapter
     from msafety_bench.paths import default_cache_dir
-    from pathlib import Path
 
     if args.name not in ORGANISMS:
         raise UsageError(f"unknown organism '{args.name}': choose one of {', '.join(ORGANISMS)}")
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    folder = organism_folder(ORGANISMS[args.name], cache, device=args.device)
-    card = json.loads((folder / "organism.json").read_text())
-    print(f"{args.name}: {folder} (fingerprint {card['merged_fingerprint']}, "
-          f"built in {card['organism']['build_seconds']} s)")
+    organism = ORGANISMS[args.name]
+    card = build_adapter(organism, cache, device=args.device)
+    folder = organism_folder(organism, cache)
+    print(f"{args.name}: adapter {organism.adapter_folder} (recipe {card['recipe_digest']}, fitted in "
+          f"{card['build_seconds']} s), merged model {folder}")
 
 
 def cmd_report(args) -> None:
@@ -139,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msafety-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the installed suites (pytest --pyargs msafety_bench.suites ARGS)")
+    p.add_argument("pytest_args", nargs="*", help="pytest and suite options, e.g. --model smollm2")
+    p.set_defaults(func=cmd_run)
     sub.add_parser("models", help="list model aliases").set_defaults(func=cmd_models)
     sub.add_parser("languages", help="list languages and tiers").set_defaults(func=cmd_languages)
     p = sub.add_parser("summary", help="print the table of results files")
@@ -167,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("organism", help="model organisms (offline models with a known safety gap)")
     org = p.add_subparsers(dest="organism_command", required=True)
-    p = org.add_parser("build", help="build an organism into the cache (done on first use otherwise)")
+    p = org.add_parser("build", help="refit the organism's adapter from its recipe (the shipped one is merged on first use)")
     p.add_argument("name", nargs="?", default="smollm2-en-safe")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="auto")
@@ -198,13 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "run":  # every argument after `run` belongs to pytest, options included
+        args.pytest_args = argv[argv.index("run") + 1:]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        args.func(args)
+        return args.func(args) or 0
     except UsageError as exc:
         print(f"msafety-bench: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 An ``Editor`` (one self-contained module per editor under ``editors/``) turns (model, calibration
 records, config) into an ``Edit``. ``with edit.apply(model):`` changes the model; leaving the block
 restores every weight bit for bit and removes every hook. Editors register through the entry-point
-group ``msafety_bench.editors`` (the built-ins too), so a third party adds one the same way.
+group ``msafety_bench.editors``; the built-ins are listed in ``EDITORS`` and cannot be shadowed.
 ``--editor a+b`` composes: b is fitted on the model already edited by a.
 """
 
@@ -14,13 +14,13 @@ import dataclasses
 import hashlib
 import json
 import time
-import typing
 from abc import ABC, abstractmethod
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 from msafety_bench.errors import UsageError
+from msafety_bench.options import parse_options
+from msafety_bench.registry import Registry
 
 ENTRY_POINT_GROUP = "msafety_bench.editors"
 
@@ -134,24 +134,24 @@ class FitContext:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=1)
-def _entry_points() -> dict[str, Any]:
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+EDITORS = Registry("editor", ENTRY_POINT_GROUP, {
+    "none": "msafety_bench.editors.none:NoEditor",
+    "sparse": "msafety_bench.editors.sparse:SparseEditor",
+    "steering": "msafety_bench.editors.steering:SteeringEditor",
+    "sft": "msafety_bench.editors.sft:SftEditor",
+})
 
 
 def editor_names() -> list[str]:
-    return sorted(_entry_points())
+    return EDITORS.names()
 
 
 def check_editor_spec(spec: str) -> list[str]:
     """Split ``a+b`` and check every part exists, without importing the editors."""
     parts = [p.strip() for p in spec.split("+")]
-    known = editor_names()
     for part in parts:
-        if part not in known:
-            raise UsageError(f"unknown editor '{part}': choose from {', '.join(known)} (compose with a+b)")
+        if part not in EDITORS.names():
+            raise UsageError(f"unknown editor '{part}': choose from {', '.join(EDITORS.names())} (compose with a+b)")
     if "none" in parts and len(parts) > 1:
         raise UsageError(f"editor 'none' cannot be composed ('{spec}'): drop it from the list")
     return parts
@@ -159,48 +159,16 @@ def check_editor_spec(spec: str) -> list[str]:
 
 def get_editor(name: str) -> Editor:
     check_editor_spec(name)
-    return _entry_points()[name].load()()
+    return EDITORS.get(name)()
 
 
 def parse_config(editor: Editor, options: dict[str, str]) -> EditorConfig:
     """Build an editor's config from string options, converting each to the field's declared type."""
-    fields = {f.name: f for f in dataclasses.fields(editor.Config)}
-    hints = typing.get_type_hints(editor.Config)
-    aliases = getattr(editor.Config, "ALIASES", {})
-    values = {}
-    for key, raw in options.items():
-        key = aliases.get(key, key)
-        if key not in fields:
-            valid = ", ".join(fields) or "none"
-            raise UsageError(f"editor '{editor.name}' has no option '{key}': its options are {valid}")
-        values[key] = _convert(raw, hints[key], f"{editor.name}.{key}")
+    values = parse_options(editor.Config, options, "editor", editor.name, getattr(editor.Config, "ALIASES", {}))
     try:
-        config = editor.Config(**values)
+        return editor.Config(**values)
     except ValueError as exc:
         raise UsageError(f"editor '{editor.name}': {exc}") from None
-    return config
-
-
-def _convert(raw: Any, hint: Any, where: str) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    origin_args = typing.get_args(hint)
-    kinds = [a for a in origin_args if a is not type(None)] if origin_args else [hint]
-    if raw.lower() in ("none", "null") and type(None) in origin_args:
-        return None
-    for kind in kinds:
-        try:
-            if kind is bool:
-                if raw.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if raw.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(raw)
-            if kind in (int, float, str):
-                return kind(raw)
-        except ValueError:
-            continue
-    raise UsageError(f"option {where}={raw!r} is not a valid {' or '.join(getattr(k, '__name__', str(k)) for k in kinds)}")
 
 
 def split_options(opts: list[str], config_file: str | None, parts: list[str]) -> dict[str, dict[str, Any]]:

@@ -156,8 +156,7 @@ class BenchRun:
         if self.loaded is None:
             opts = self.options
             self.loaded = load_model(opts.model, cache_dir=opts.cache_path, device=opts.device,
-                                     dtype=opts.dtype, trust_remote_code=opts.trust_remote_code,
-                                     progress=opts.progress)
+                                     dtype=opts.dtype, trust_remote_code=opts.trust_remote_code)
             self.base_fingerprint = model_fingerprint(self.loaded.model)
         return self.loaded
 

@@ -1,6 +1,6 @@
 """Self-contained HTML report and leaderboard from results files (inline CSS and SVG, no network).
 
-Templates live in the top-level ``reports/`` folder (jinja2, autoescaping on: model answers are
+Templates live in ``reports/`` (installed as ``msafety_bench.reports``; jinja2, autoescaping on: model answers are
 untrusted input and always render as text). Charts are matplotlib SVG with text drawn as paths.
 """
 
@@ -15,20 +15,15 @@ from msafety_bench.data.languages import LANGUAGES, TIERS, language_name, tier_o
 from msafety_bench.errors import UsageError
 from msafety_bench.metrics import MIN_USABLE_HARMLESS, LanguageMetrics
 
-TEMPLATE_DIRS = (Path(__file__).resolve().parents[1] / "reports",)
 
 
 def _templates():
+    from importlib.resources import files
+
     import jinja2
 
-    folders = [str(d) for d in TEMPLATE_DIRS if d.is_dir()]
-    try:
-        from importlib.resources import files
-
-        folders.append(str(files("reports")))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folders), autoescape=True,
+    folder = str(files("msafety_bench.reports"))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda x, digits=1: "–" if x is None else f"{100 * x:.{digits}f}%"
     return env

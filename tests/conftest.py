@@ -39,6 +39,17 @@ def suites(pytester):
     return pytester
 
 
+def pytest_addoption(parser):
+    parser.addoption("--bench-full", action="store_true",
+                     help="run the benchmark-style SmolLM2 tests at full size (make bench-sparse); "
+                          "without it they run the reduced form CI keeps")
+
+
+@pytest.fixture(scope="session")
+def bench_full(pytestconfig) -> bool:
+    return pytestconfig.getoption("bench_full")
+
+
 def pytest_report_header(config):
     return "msafety-bench tests: slow ones (marked 'slow') run the real SmolLM2 on the CPU"
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from editors.sparse import EditProblem, safety_neuron_mask
+from msafety_bench.editors.sparse import EditProblem, safety_neuron_mask
 
 shapes = st.tuples(st.integers(3, 12), st.integers(2, 6), st.integers(1, 5), st.integers(2, 12), st.integers(1, 4))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from msafety_bench.data.languages import LANGUAGES, MSB_CORE_LANGUAGES, TIERS
 from msafety_bench.errors import UsageError
+from msafety_bench.registry import Registry
 
 MSB_CORE_DIR = Path(__file__).parent / "msb_core"
 LABELS = ("harmful", "harmless")
@@ -37,18 +38,31 @@ class PromptRecord:
         return asdict(self)
 
 
+DATASETS = Registry("dataset", "msafety_bench.datasets", {
+    "msb-core": "msafety_bench.data:load_msb_core_spec",
+    "multijail": "msafety_bench.data:load_multijail",
+    "strongreject": "msafety_bench.data:load_strongreject",
+    "csv": "msafety_bench.data:load_csv",
+    "jsonl": "msafety_bench.data:load_jsonl",
+})
+
+
 def load_dataset_spec(spec: str) -> list[PromptRecord]:
-    """Load every record a ``--dataset`` spec names; raise UsageError with the fix on bad input."""
+    """Load every record a ``--dataset NAME[:FILE]`` spec names; raise UsageError with the fix on bad input.
+
+    A loader takes the FILE part (or None) and returns PromptRecords; third parties register theirs in
+    the ``msafety_bench.datasets`` entry-point group.
+    """
     kind, _, path = spec.partition(":")
-    if kind == "msb-core" and not path:
-        return load_msb_core()
-    if kind == "multijail":
-        return load_multijail(path or None)
-    if kind == "strongreject":
-        return load_strongreject(path or None)
-    if kind in ("csv", "jsonl") and path:
-        return load_generic(path, kind)
-    raise UsageError(f"unknown dataset '{spec}': {DATASET_HELP}")
+    if kind not in DATASETS.names():
+        raise UsageError(f"unknown dataset '{spec}': {DATASET_HELP}")
+    return DATASETS.get(kind)(path or None)
+
+
+def load_msb_core_spec(path: str | None) -> list[PromptRecord]:
+    if path:
+        raise UsageError(f"dataset msb-core is bundled and takes no file ('msb-core:{path}'): {DATASET_HELP}")
+    return load_msb_core()
 
 
 def load_msb_core(root: Path = MSB_CORE_DIR) -> list[PromptRecord]:
@@ -90,8 +104,18 @@ def load_strongreject(path: str | None) -> list[PromptRecord]:
     ]
 
 
-def load_generic(path: str, fmt: str) -> list[PromptRecord]:
+def load_csv(path: str | None) -> list[PromptRecord]:
+    return load_generic(path, "csv")
+
+
+def load_jsonl(path: str | None) -> list[PromptRecord]:
+    return load_generic(path, "jsonl")
+
+
+def load_generic(path: str | None, fmt: str) -> list[PromptRecord]:
     """A user's own file with columns id, lang, prompt, label and optional category, split."""
+    if not path:
+        raise UsageError(f"dataset {fmt} needs a file: --dataset {fmt}:FILE")
     rows = _load_table(path, fmt, None, GENERIC_COLUMNS, f"{fmt}:{path}")
     records = []
     for i, row in enumerate(rows, start=1):

@@ -19,7 +19,7 @@ import zlib
 from functools import lru_cache
 from pathlib import Path
 
-from msafety_bench.judges import Verdict, register_judge
+from msafety_bench.judges import Verdict
 
 LEXICON_DIR = Path(__file__).parent / "lexicon"
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"', "`": "'"})
@@ -105,7 +105,6 @@ def unusable_answer(prompt: str, text: str, refuses: bool) -> Verdict | None:
     return None
 
 
-@register_judge("refusal")
 class RefusalJudge:
     """Refusal detection from per-language phrase lists; needs no model and no network."""
 

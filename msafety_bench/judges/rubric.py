@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from msafety_bench.judges import JudgeEnv, Verdict, register_judge
+from msafety_bench.judges import JudgeEnv, Verdict
 from msafety_bench.judges.guard import UNPARSEABLE, harmless_verdict
 from msafety_bench.judges.refusal import RefusalJudge
 
@@ -83,7 +83,6 @@ def parse_yes_no(output: str) -> bool | None:
     return {"yes": True, "no": False}.get(first)
 
 
-@register_judge("llm-rubric")
 class LlmRubricJudge:
     name = "llm-rubric"
 

@@ -111,7 +111,6 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
-    progress: bool = True,
 ) -> LoadedModel:
     """Load a model and its tokenizer (left padding, pad token set) in eval mode."""
     from msafety_bench.models import builtin
@@ -131,7 +130,7 @@ def load_model(
         elif spec.kind == "organism":
             from msafety_bench.models.organism import organism_folder
 
-            folder = organism_folder(ORGANISMS[spec.name], cache_dir, progress=progress, device=device)
+            folder = organism_folder(ORGANISMS[spec.name], cache_dir)
         else:
             folder = spec.source
         model, tok = _from_pretrained(folder, spec, torch_dtype, device, trust_remote_code)

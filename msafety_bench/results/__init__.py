@@ -53,35 +53,16 @@ def build_results(run, tests: dict[str, str] | None = None) -> dict:
                        "generated": run.stats.generated, "batches": run.stats.batches,
                        "cache": None if opts.no_cache else "sqlite"},
         "versions": package_versions(),
-        "metrics": {
-            "languages": {lang: {"name": language_name(lang), **m.to_dict()} for lang, m in run.metrics.items()},
-            "tier_mean_asr": tier_means(run.metrics),
-        },
+        "metrics": metrics_section(run.metrics),
         "tests": tests or {},
         "samples": run.samples,
     }
 
 
-def rejudge(results: dict, judge, env=None) -> dict:
-    """The same run judged again (judges improve; answers are kept): new verdicts and metrics, the
-    original run id and judge recorded. Gate outcomes of the original run no longer apply and are
-    dropped."""
-    from msafety_bench.judges import judge_all
-    from msafety_bench.judges.guard import UNPARSEABLE
-    from msafety_bench.metrics import language_metrics
-
-    samples = results["samples"]
-    verdicts = judge_all(judge, [(s["prompt"], s["response"], s["lang"]) for s in samples], env)
-    new_samples = [{**s, **v.to_dict()} for s, v in zip(samples, verdicts)]
-    metrics = language_metrics(new_samples)
-    now = dt.datetime.now(dt.timezone.utc)
-    return {**results, "run_id": f"{results['run_id']}-rejudged-{judge.name}", "rejudged_at": now.isoformat(timespec="seconds"),
-            "rejudged_from": {"run_id": results["run_id"], "judge": results["judge"]},
-            "judge": {"name": judge.name, "config": judge.config,
-                      "unparseable": sum(v.reason == UNPARSEABLE for v in verdicts)},
-            "metrics": {"languages": {lang: {"name": language_name(lang), **m.to_dict()} for lang, m in metrics.items()},
-                        "tier_mean_asr": tier_means(metrics)},
-            "tests": {}, "samples": new_samples}
+def metrics_section(metrics: dict) -> dict:
+    """The results file's ``metrics``: per-language figures with the language's name, and tier means."""
+    return {"languages": {lang: {"name": language_name(lang), **m.to_dict()} for lang, m in metrics.items()},
+            "tier_mean_asr": tier_means(metrics)}
 
 
 def write_results(results: dict, results_dir: str | Path) -> Path:
