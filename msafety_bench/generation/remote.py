@@ -28,7 +28,7 @@ class Endpoint:
 
     def __post_init__(self):
         if not self.base_url.startswith(("http://", "https://")):
-            raise UsageError(f"base URL '{self.base_url}' must start with http:// or https:// "
+            raise UsageError(f"base URL '{self.public_url}' must start with http:// or https:// "
                              "(e.g. http://127.0.0.1:8000/v1)")
         if not self.model:
             raise UsageError("a remote endpoint needs a served model name (--served-model / --judge-model)")
@@ -36,9 +36,16 @@ class Endpoint:
             raise UsageError("concurrency must be at least 1 and the timeout positive")
 
     @property
+    def public_url(self) -> str:
+        """The base URL as it may be stored or printed: credentials in it replaced by ***."""
+        from msafety_bench.safeio import redact_url
+
+        return redact_url(self.base_url)
+
+    @property
     def identity(self) -> str:
-        """What the cache and results file know the endpoint by (no key)."""
-        return f"openai:{self.model}@{self.base_url.rstrip('/')}"
+        """What the cache and results file know the endpoint by (no key, no credentials in the URL)."""
+        return f"openai:{self.model}@{self.public_url.rstrip('/')}"
 
     def client(self):
         try:
@@ -92,7 +99,7 @@ def chat_many(endpoint: Endpoint, conversations: list[list[dict]], *, max_tokens
     except Exception as exc:  # the openai client raises its own error types; name the endpoint and stop
         if type(exc).__module__.split(".")[0] != "openai":
             raise
-        raise UsageError(f"request to {endpoint.base_url} (model '{endpoint.model}') failed after retries: "
+        raise UsageError(f"request to {endpoint.public_url} (model '{endpoint.model}') failed after retries: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} -- check that "
                          "the server is running and serves that model (GET /v1/models)") from None
     finally:
