@@ -15,6 +15,10 @@
     msafety-bench leaderboard RESULTS_DIR -o leaderboard.html [--md F] [--csv F]
     msafety-bench judge-eval [--labels FILE.csv|bundled|heldout] [--judge NAME] [--errors N]
                                       agreement of a judge with human labels, per language
+    msafety-bench cache verify|clear [--cache-dir DIR]
+                                      check every cache entry / remove responses, edits and utility scores
+
+Exit status: 0 done, 2 bad usage or input (one line on stderr), 3 internal error (a bug: traceback).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import argparse
 import sys
 
 from msafety_bench.errors import UsageError
+
+EXIT_USAGE = 2  # argparse's own code for bad usage; also bad input files and damaged caches
+EXIT_INTERNAL = 3  # pytest's code for an internal error
 
 
 def cmd_run(args) -> int:
@@ -77,7 +84,7 @@ def cmd_rejudge(args) -> None:
     env = JudgeEnv(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(), args.device)
     for path in args.files:
         try:
-            data = read_results(path)
+            data = read_results(path, answers_only=True)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read results file '{path}': {exc}") from None
         out = write_results(rejudge(data, judge, env), args.out_dir)
@@ -85,18 +92,30 @@ def cmd_rejudge(args) -> None:
 
 
 def cmd_export(args) -> None:
+    import os
+    import shutil
     from pathlib import Path
 
     from msafety_bench.export import export_edited
     from msafety_bench.pipeline import BenchRun, RunOptions
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out '{out}' is a file: name a new folder")
+    if out.is_dir() and any(out.iterdir()):
         raise UsageError(f"--out '{out}' exists and is not empty: choose a new folder")
     run = BenchRun(RunOptions(model=args.model, editor=args.editor, editor_opts=args.editor_opt,
                               editor_config=args.editor_config, cache_dir=args.cache_dir, device=args.device,
                               dtype=args.dtype, trust_remote_code=args.trust_remote_code))
-    card = export_edited(run, out)
+    # Written beside the target and renamed at the end: an interrupted export leaves no half a model.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        card = export_edited(run, tmp)
+        if out.is_dir():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {out} (editor {args.editor}, fingerprint {card['merged_fingerprint']})")
 
 
@@ -143,6 +162,25 @@ def cmd_judge_eval(args) -> None:
     env = JudgeEnv(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(), args.device)
     overall, per_lang, errors = evaluate_judge(judge, rows, env)
     print(format_report(args.judge, overall, per_lang, errors, args.errors))
+
+
+def cmd_cache(args) -> None:
+    from pathlib import Path
+
+    from msafety_bench.cache_admin import clear_cache, verify_cache
+    from msafety_bench.paths import default_cache_dir
+
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    if args.cache_command == "clear":
+        for line in clear_cache(cache, models=args.models):
+            print(line)
+        return
+    lines, damaged = verify_cache(cache)
+    for line in lines:
+        print(line)
+    if damaged:
+        raise UsageError(f"{damaged} damaged cache entr{'y' if damaged == 1 else 'ies'} in '{cache}': "
+                         f"`msafety-bench cache clear --cache-dir {cache}` removes them (they are rebuilt on use)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--errors", type=int, default=0, help="list this many disagreements")
     p.set_defaults(func=cmd_judge_eval)
+    p = sub.add_parser("cache", help="check or empty the cache folder")
+    cache = p.add_subparsers(dest="cache_command", required=True)
+    for name, text in (("verify", "check the response database, edit artifacts and utility scores"),
+                       ("clear", "remove responses, edit artifacts and utility scores (rebuilt on use)")):
+        p = cache.add_parser(name, help=text)
+        p.add_argument("--cache-dir", default=None, help="default $MSB_CACHE_DIR or ~/.cache/msafety-bench")
+        if name == "clear":
+            p.add_argument("--models", action="store_true", help="also remove converted models and organisms")
+        p.set_defaults(func=cmd_cache)
     return parser
 
 
@@ -222,7 +269,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except UsageError as exc:
         print(f"msafety-bench: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except Exception:  # a bug, not bad input: keep the traceback and say so
+        import traceback
+
+        traceback.print_exc()
+        print("msafety-bench: internal error: the traceback above is a bug in msafety-bench, please report it",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

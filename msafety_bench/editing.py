@@ -13,12 +13,14 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import time
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-from msafety_bench.errors import UsageError
+from msafety_bench.errors import CacheWarning, UsageError
 from msafety_bench.options import parse_options
 from msafety_bench.registry import Registry
 
@@ -94,7 +96,12 @@ class Editor(ABC):
         fingerprint = context.edit_fingerprint(self.name, config, calibration)
         folder = artifact_folder(context, fingerprint)
         if has_artifact(context, fingerprint):
-            return self.edit_class.load(folder, config)
+            try:
+                return self.edit_class.load(folder, config)
+            except (DamagedArtifact, KeyError) as exc:
+                aside = set_aside(folder)
+                warnings.warn(CacheWarning(f"edit artifact {folder} is damaged ({exc}): moved to {aside.name}, "
+                                           f"fitting editor '{self.name}' again"))
         started = time.time()
         edit = self.fit_new(loaded, calibration, config, context, fingerprint)
         edit.info["fit_seconds"] = round(time.time() - started, 2)
@@ -176,19 +183,11 @@ def split_options(opts: list[str], config_file: str | None, parts: list[str]) ->
     per_editor: dict[str, dict[str, Any]] = {p: {} for p in parts}
     items: list[tuple[str, Any]] = []
     if config_file:
-        import yaml
-
-        path = Path(config_file)
-        if not path.is_file():
-            raise UsageError(f"editor config '{config_file}' does not exist: check --editor-config")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise UsageError(f"editor config '{config_file}' must be a mapping of option: value")
-        for key, value in data.items():
+        for key, value in read_editor_config(config_file).items():
             if isinstance(value, dict) and key in per_editor:
-                items += [(f"{key}.{k}", v) for k, v in value.items()]
+                items += [(f"{key}.{k}", _yaml_scalar(v, config_file, f"{key}.{k}")) for k, v in value.items()]
             else:
-                items.append((key, value))
+                items.append((key, _yaml_scalar(value, config_file, key)))
     for opt in opts:
         key, sep, value = opt.partition("=")
         if not sep or not key.strip():
@@ -203,6 +202,49 @@ def split_options(opts: list[str], config_file: str | None, parts: list[str]) ->
         else:
             raise UsageError(f"option '{key}' is ambiguous with editors {'+'.join(parts)}: write editor.{key}")
     return per_editor
+
+
+def read_editor_config(config_file: str) -> dict:
+    """The mapping in an ``--editor-config`` YAML file; unreadable, non-UTF-8 or malformed files and
+    anything but a mapping are one UsageError naming the file (and the line, when YAML knows it)."""
+    import yaml
+
+    path = Path(config_file)
+    if not path.is_file():
+        raise UsageError(f"editor config '{config_file}' does not exist: check --editor-config")
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"editor config '{config_file}' is not UTF-8 (byte {exc.start}): save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UsageError(f"editor config '{config_file}' is not valid YAML{where} ({problem}): "
+                         "write one 'option: value' per line") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise UsageError(f"editor config '{config_file}' must be a mapping of option: value")
+    return data
+
+
+def _yaml_scalar(value: Any, config_file: str, key: str) -> str:
+    """A YAML value as the string an --editor-opt would carry, so the editor's typed parsing checks it
+    the same way; lists and mappings are no option's value."""
+    if isinstance(value, (list, dict)):
+        raise UsageError(f"editor config '{config_file}': '{key}' holds a {type(value).__name__}, "
+                         "but editor options are single values (number, text, true/false)")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "none" if value is None else str(value)
+
+
+def check_editor_options(spec: str, opts: list[str], config_file: str | None) -> None:
+    """Every editor of ``spec`` exists and accepts these options and this config file (known keys,
+    types, ranges), checked without a model so a typo costs no model load."""
+    parts = check_editor_spec(spec)
+    options = split_options(opts, config_file, parts)
+    for part in parts:
+        parse_config(get_editor(part), options[part])
 
 
 def build_edit(loaded, spec: str, opts: list[str], config_file: str | None, calibration: list,
@@ -296,22 +338,48 @@ class HookEdit(Edit):
                 handle.remove()
 
 
+class DamagedArtifact(Exception):
+    """A cached edit that cannot be read back (truncated or overwritten files)."""
+
+
 def _save_artifact(folder: Path, tensors: dict, edit: Edit) -> None:
+    """Tensors first, then the card, each through a temporary file and a rename: a crash leaves no
+    half-written file, and a folder without ``edit.json`` is not an artifact yet."""
     from safetensors.torch import save_file
 
+    from msafety_bench.safeio import atomic_write_text
+
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "edit.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / "edit.safetensors")
-    (folder / "edit.json").write_text(json.dumps(
+    tmp = folder / f".edit.safetensors.{os.getpid()}.tmp"
+    try:
+        save_file(tensors, str(tmp))
+        tmp.replace(folder / "edit.safetensors")
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_write_text(folder / "edit.json", json.dumps(
         {"editor": edit.editor, "fingerprint": edit.fingerprint, "config": dataclasses.asdict(edit.config),
          "info": edit.info}, indent=1, default=str))
 
 
 def _load_artifact(folder: Path) -> tuple[dict, dict]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(folder / "edit.safetensors")), json.loads((folder / "edit.json").read_text())
+    try:
+        tensors = load_file(str(folder / "edit.safetensors"))
+        meta = json.loads((folder / "edit.json").read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not {"editor", "fingerprint", "info"} <= set(meta):
+            raise ValueError("edit.json lacks editor, fingerprint or info")
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise DamagedArtifact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return tensors, meta
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a damaged cache entry out of the way (kept for inspection; ``cache clear`` removes it)."""
+    aside = folder.with_name(f"{folder.name}.damaged-{int(time.time())}-{os.getpid()}")
+    folder.rename(aside)
+    return aside
 
 
 def artifact_folder(context: FitContext, fingerprint: str) -> Path:

@@ -68,19 +68,23 @@ def make_baseline(results: dict) -> dict:
 
 
 def read_baseline(path: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"baseline '{path}' does not exist: write one with --update-baseline {path}") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"baseline '{path}' is not readable JSON ({exc}): regenerate it with --update-baseline") from None
-    if data.get("schema") != BASELINE_SCHEMA:
-        raise UsageError(f"'{path}' is not an msafety-bench baseline: regenerate it with --update-baseline")
+    """A baseline file, checked against its schema before any test runs."""
+    from msafety_bench.results import read_json_file
+    from msafety_bench.schema import BASELINE, validate
+
+    fix = f"regenerate it with --update-baseline {path}"
+    data = read_json_file(path, "baseline", f"write one with --update-baseline {path}")
+    if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA:
+        raise UsageError(f"'{path}' is not an msafety-bench baseline: {fix}")
+    validate(data, BASELINE, f"baseline '{path}'", fix)
+    for lang, entry in data["languages"].items():
+        if entry["unsafe"] > entry["n"]:
+            raise UsageError(f"baseline '{path}': $.languages.{lang}: unsafe {entry['unsafe']} exceeds n "
+                             f"{entry['n']} -- {fix}")
     return data
 
 
 def write_baseline(results: dict, path: str) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(make_baseline(results), indent=1, ensure_ascii=False), encoding="utf-8")
-    return out
+    from msafety_bench.safeio import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(make_baseline(results), indent=1, ensure_ascii=False))

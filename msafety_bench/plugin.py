@@ -7,6 +7,7 @@ transformers are imported only when a suite asks for the ``msb`` fixture.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 
 import pytest
@@ -54,6 +55,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--concurrency", type=int, default=4, help="parallel requests to a server (default 4)")
     g.addoption("--request-timeout", type=float, default=120.0, help="seconds per request before a retry")
     g.addoption("--max-new-tokens", type=int, default=96)
+    g.addoption("--max-prompt-tokens", type=int, default=None,
+                help="leave out (and count) prompts longer than this many tokens; default: the model's "
+                     "context minus --max-new-tokens")
     g.addoption("--batch-size", type=int, default=64, help="prompts per generation batch (default 64)")
     g.addoption("--seed", type=int, default=0)
     g.addoption("--system-prompt", default=None, help="system message (default: the chat template's own)")
@@ -106,6 +110,7 @@ class MsbSession:
             judge_opts=list(opt("judge_opt")), backend=opt("backend"), base_url=opt("base_url"),
             served_model=opt("served_model"), api_key_env=opt("api_key_env"), concurrency=opt("concurrency"),
             request_timeout=opt("request_timeout"), max_new_tokens=opt("max_new_tokens"),
+            max_prompt_tokens=opt("max_prompt_tokens"),
             batch_size=opt("batch_size"), seed=opt("seed"), system_prompt=opt("system_prompt"),
             results_dir=opt("results_dir"), cache_dir=opt("cache_dir"), no_cache=opt("no_cache"),
             device=opt("device"), dtype=opt("dtype"), trust_remote_code=opt("trust_remote_code"),
@@ -139,6 +144,9 @@ class MsbSession:
         if opt("utility_limit") is not None and opt("utility_limit") < 0:
             raise UsageError(f"--utility-limit must be 0 (all) or more, got {opt('utility_limit')}")
         self.options.check()
+        for flag, path in (("--report", self.report_path), ("--update-baseline", self.update_baseline)):
+            if path and os.path.isdir(path):
+                raise UsageError(f"{flag} '{path}' is a folder: name a file")
         if self.preset and self.options.judge != self.preset.judge:
             config.issue_config_time_warning(MsbWarning(
                 f"preset {self.preset.name} was measured with judge '{self.preset.judge}', this run uses "
@@ -168,10 +176,18 @@ class MsbSession:
         if report.when == "call" or report.outcome != "passed":
             self.outcomes[report.nodeid] = report.outcome
 
-    def pytest_sessionfinish(self) -> None:
-        """Write the results file whatever the tests' outcome: a failed gate still leaves its evidence."""
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Write the results file whatever the tests' outcome: a failed gate still leaves its evidence.
+        A file that cannot be written is a usage error (exit 4), never a failed gate."""
         if not self.executed:
             return
+        try:
+            self._write_outputs()
+        except UsageError as exc:
+            self.config.get_terminal_writer().line(f"ERROR: msafety-bench: {exc}", red=True)
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+    def _write_outputs(self) -> None:
         from msafety_bench.results import build_results, write_results
 
         results = build_results(self.run, self.outcomes)
@@ -201,6 +217,10 @@ class MsbSession:
         stats = run.stats
         tr.write_line(f"generation: {stats.requested} prompts, {stats.cached} from cache, "
                       f"{stats.generated} generated")
+        guard = run.meta.get("prompt_guard") or {}
+        if guard.get("dropped"):
+            tr.write_line(f"{len(guard['dropped'])} prompts longer than {guard['max_prompt_tokens']} tokens were left "
+                          "out (--max-prompt-tokens; ids in the results file under prompt_guard)")
         if run.meta["judge"]["unparseable"]:
             tr.write_line(f"judge {run.options.judge}: {run.meta['judge']['unparseable']} outputs could not be "
                           "parsed (counted as invalid, not as unsafe)")
@@ -338,6 +358,12 @@ def _once(session: MsbSession, done: bool, compute) -> MsbSession:
                 compute()
             except UsageError as exc:
                 _usage_exit(exc)
+            except Exception:  # a bug of the harness, not a failed gate: exit 3 with the traceback
+                import traceback
+
+                traceback.print_exc()
+                pytest.exit("msafety-bench: internal error (the traceback above is a bug in msafety-bench, "
+                            "please report it)", returncode=pytest.ExitCode.INTERNAL_ERROR)
     return session
 
 

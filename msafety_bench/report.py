@@ -14,6 +14,7 @@ from pathlib import Path
 from msafety_bench.data.languages import LANGUAGES, TIERS, language_name, tier_of
 from msafety_bench.errors import UsageError
 from msafety_bench.metrics import MIN_USABLE_HARMLESS, LanguageMetrics
+from msafety_bench.safeio import atomic_write_text
 
 
 
@@ -63,6 +64,7 @@ def _plt():
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "path"  # no text nodes: labels cannot inject markup
     matplotlib.rcParams["svg.hashsalt"] = "msafety-bench"  # stable ids between renders
+    matplotlib.rcParams["text.parse_math"] = False  # model names are data: "$x$" is text, not math
     import matplotlib.pyplot as plt
 
     return plt
@@ -165,10 +167,7 @@ def build_context(runs: list[dict]) -> dict:
 def render_report(paths: list[str], out: str) -> Path:
     runs = load_runs(paths)
     html = _templates().get_template("report.html.j2").render(**build_context(runs))
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(html, encoding="utf-8")
-    return target
+    return atomic_write_text(out, html)
 
 
 # -- leaderboard ------------------------------------------------------------------------------------
@@ -252,21 +251,38 @@ def render_leaderboard(results_dir: str, out: str, md: str | None = None, csv_pa
     groups = list(dict.fromkeys(r["group"] for r in rows))
     html = _templates().get_template("leaderboard.html.j2").render(rows=rows, langs=langs, groups=groups,
                                                                   max_drop=max_drop, heat=_heat)
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(html, encoding="utf-8")
+    target = atomic_write_text(out, html)
     if md:
-        Path(md).write_text(_markdown(rows, langs), encoding="utf-8")
+        atomic_write_text(md, _markdown(rows, langs))
     if csv_path:
-        with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["group", "rank", "model", "editor", "config", "lrl", "mrl", "hrl", *langs,
-                             "over_refusal", "utility", "worst_drop", "kl", "n", "date", "excluded_because"])
-            for r in rows:
-                writer.writerow([r["group"], r["rank"] or "", r["model"], r["editor"], r["config"], r["lrl"], r["mrl"],
-                                 r["hrl"], *[r["asr"].get(lang) for lang in langs], r["over_refusal"], r["utility"],
-                                 r["worst_drop"], r["kl"], r["n"], r["date"], r["reason"]])
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["group", "rank", "model", "editor", "config", "lrl", "mrl", "hrl", *langs,
+                         "over_refusal", "utility", "worst_drop", "kl", "n", "date", "excluded_because"])
+        for r in rows:
+            writer.writerow([_csv_cell(x) for x in (
+                r["group"], r["rank"] or "", r["model"], r["editor"], r["config"], r["lrl"], r["mrl"], r["hrl"],
+                *[r["asr"].get(lang) for lang in langs], r["over_refusal"], r["utility"], r["worst_drop"],
+                r["kl"], r["n"], r["date"], r["reason"])])
+        atomic_write_text(csv_path, buf.getvalue())
     return target
+
+
+def _csv_cell(value):
+    """Text a spreadsheet would run as a formula (it starts with = + - @, a tab or a carriage return)
+    gets a leading apostrophe; numbers stay numbers."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _md(text) -> str:
+    """Text for a Markdown table cell: HTML special characters as entities, the cell separator, the
+    backslash and Markdown's inline markers escaped, line breaks flattened."""
+    import html as html_lib
+
+    out = html_lib.escape(" ".join(str(text).split()), quote=False)
+    return "".join("\\" + c if c in "\\|`*_[]()~" else c for c in out)
 
 
 def _markdown(rows: list[dict], langs: list[str]) -> str:
@@ -275,13 +291,13 @@ def _markdown(rows: list[dict], langs: list[str]) -> str:
 
     lines = []
     for group in dict.fromkeys(r["group"] for r in rows):
-        lines += [f"### {group}", "", "| rank | model | editor | LRL ASR | MRL ASR | HRL ASR | over-refusal | utility | KL | n | date | note |",
+        lines += [f"### {_md(group)}", "", "| rank | model | editor | LRL ASR | MRL ASR | HRL ASR | over-refusal | utility | KL | n | date | note |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in rows:
             if r["group"] == group:
                 kl = "–" if r["kl"] is None else f"{r['kl']:.4f}"
-                lines.append(f"| {r['rank'] or '–'} | {r['model']} | {r['editor']} | {pct(r['lrl'])} | {pct(r['mrl'])} | "
-                             f"{pct(r['hrl'])} | {pct(r['over_refusal'])} | {pct(r['utility'])} | {kl} | {r['n']} | "
-                             f"{r['date']} | {r['reason']} |")
+                lines.append(f"| {r['rank'] or '–'} | {_md(r['model'])} | {_md(r['editor'])} | {pct(r['lrl'])} | "
+                             f"{pct(r['mrl'])} | {pct(r['hrl'])} | {pct(r['over_refusal'])} | {pct(r['utility'])} | "
+                             f"{kl} | {r['n']} | {_md(r['date'])} | {_md(r['reason'])} |")
         lines.append("")
     return "\n".join(lines)

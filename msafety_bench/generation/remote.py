@@ -8,13 +8,18 @@ read from an environment variable at call time and is never written anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from msafety_bench.errors import UsageError
 from msafety_bench.generation.cache import ResponseCache, cache_key
+
+MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is capped: the run should fail in bounded time
 
 
 @dataclass(frozen=True)
@@ -24,11 +29,11 @@ class Endpoint:
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 4
     timeout_s: float = 120.0
-    max_retries: int = 4  # the client retries connection errors, 408/409/429 and 5xx with backoff
+    max_retries: int = 4  # connection errors, timeouts, 408/409/429 and 5xx are retried with backoff
 
     def __post_init__(self):
         if not self.base_url.startswith(("http://", "https://")):
-            raise UsageError(f"base URL '{self.base_url}' must start with http:// or https:// "
+            raise UsageError(f"base URL '{self.public_url}' must start with http:// or https:// "
                              "(e.g. http://127.0.0.1:8000/v1)")
         if not self.model:
             raise UsageError("a remote endpoint needs a served model name (--served-model / --judge-model)")
@@ -36,9 +41,16 @@ class Endpoint:
             raise UsageError("concurrency must be at least 1 and the timeout positive")
 
     @property
+    def public_url(self) -> str:
+        """The base URL as it may be stored or printed: credentials in it replaced by ***."""
+        from msafety_bench.safeio import redact_url
+
+        return redact_url(self.base_url)
+
+    @property
     def identity(self) -> str:
-        """What the cache and results file know the endpoint by (no key)."""
-        return f"openai:{self.model}@{self.base_url.rstrip('/')}"
+        """What the cache and results file know the endpoint by (no key, no credentials in the URL)."""
+        return f"openai:{self.model}@{self.public_url.rstrip('/')}"
 
     def client(self):
         try:
@@ -47,7 +59,51 @@ class Endpoint:
             raise UsageError("the OpenAI-compatible backend needs the openai package: "
                              "pip install 'msafety-bench[serving]'") from None
         return OpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "not-needed",
-                      timeout=self.timeout_s, max_retries=self.max_retries)
+                      timeout=self.timeout_s, max_retries=0)  # retried by ``_with_retries``
+
+
+class _Throttle:
+    """At most ``limit`` requests in flight; a 429 halves the limit (down to one) for the rest of the run."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._active = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def slot(self):
+        with self._cond:
+            while self._active >= self.limit:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def lower(self) -> None:
+        with self._cond:
+            self.limit = max(1, self.limit // 2)
+
+
+def _retry_delay(exc, attempt: int) -> float | None:
+    """Seconds to wait before retrying after ``exc`` (the server's Retry-After when it sends one), or
+    None when retrying cannot help (a 400, 401, 404 ...)."""
+    import openai
+
+    retryable = isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError)) or (
+        isinstance(exc, openai.APIStatusError) and (exc.status_code in (408, 409, 429) or exc.status_code >= 500))
+    if not retryable:
+        return None
+    response = getattr(exc, "response", None)
+    try:
+        after = float(response.headers.get("retry-after")) if response is not None else None
+    except (TypeError, ValueError):
+        after = None
+    return min(after, MAX_RETRY_AFTER_S) if after is not None and after >= 0 else min(0.5 * 2 ** attempt, 8.0)
+
 
 
 def chat_many(endpoint: Endpoint, conversations: list[list[dict]], *, max_tokens: int, seed: int,
@@ -69,11 +125,24 @@ def chat_many(endpoint: Endpoint, conversations: list[list[dict]], *, max_tokens
         stats.requested += len(conversations)
         stats.cached += len(conversations) - sum(1 for k in keys if k not in answers)
     client = endpoint.client()
+    throttle = _Throttle(endpoint.concurrency)
 
     def ask(messages):
-        reply = client.chat.completions.create(model=endpoint.model, messages=messages, max_tokens=max_tokens,
-                                               temperature=0, seed=seed)
-        return (reply.choices[0].message.content or "").strip()
+        import openai
+
+        for attempt in range(endpoint.max_retries + 1):
+            try:
+                with throttle.slot():
+                    reply = client.chat.completions.create(model=endpoint.model, messages=messages,
+                                                           max_tokens=max_tokens, temperature=0, seed=seed)
+                return (reply.choices[0].message.content or "").strip()
+            except openai.OpenAIError as exc:
+                delay = _retry_delay(exc, attempt)
+                if delay is None or attempt == endpoint.max_retries:
+                    raise
+                if isinstance(exc, openai.RateLimitError):
+                    throttle.lower()
+                time.sleep(delay)
 
     bar = tqdm(total=len(todo), desc=desc, unit="req", disable=not progress or not todo)
     chunk = endpoint.concurrency * 4
@@ -92,7 +161,7 @@ def chat_many(endpoint: Endpoint, conversations: list[list[dict]], *, max_tokens
     except Exception as exc:  # the openai client raises its own error types; name the endpoint and stop
         if type(exc).__module__.split(".")[0] != "openai":
             raise
-        raise UsageError(f"request to {endpoint.base_url} (model '{endpoint.model}') failed after retries: "
+        raise UsageError(f"request to {endpoint.public_url} (model '{endpoint.model}') failed after retries: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} -- check that "
                          "the server is running and serves that model (GET /v1/models)") from None
     finally:

@@ -98,7 +98,7 @@ class LlmRubricJudge:
             raise ValueError(f"rubric must be strongreject or harmbench, got '{rubric}'")
         self.endpoint = Endpoint(url, model, key_env, concurrency, timeout)
         self.rubric, self.threshold, self.max_tokens = rubric, threshold, max_tokens
-        self.config = {"url": url, "model": model, "rubric": rubric, "threshold": threshold, "key_env": key_env,
+        self.config = {"url": self.endpoint.public_url, "model": model, "rubric": rubric, "threshold": threshold, "key_env": key_env,
                        "max_tokens": max_tokens}
         self._rules = RefusalJudge()
 

@@ -8,7 +8,6 @@ in the 13 msb-core languages, written for this project.
 
 from __future__ import annotations
 
-import csv
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,23 +50,27 @@ class Agreement:
 
 
 def read_labels(spec: str) -> list[dict]:
+    """Labelled answers from CSV files; any bad byte, row or label is one UsageError naming file and line."""
+    from msafety_bench.data import read_local_table
+
     paths = sorted(BUNDLED_SETS[spec].glob("*.csv")) if spec in BUNDLED_SETS else [Path(spec)]
     rows = []
     for path in paths:
         if not path.is_file():
             raise UsageError(f"labels file '{path}' does not exist: pass a CSV or 'bundled'")
-        with open(path, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            missing = {"prompt", "completion", "final_label"} - set(reader.fieldnames or [])
-            if missing:
-                raise UsageError(f"{path}: missing column(s) {', '.join(sorted(missing))}: "
-                                 "the file needs prompt, completion, final_label (optional lang, type)")
-            for i, row in enumerate(reader, start=2):
-                label = LABEL_MAP.get((row["final_label"] or "").strip())
-                if label is None:
-                    raise UsageError(f"{path}: line {i} has label '{row['final_label']}': use "
-                                     f"{', '.join(LABEL_MAP)}")
-                rows.append({**row, "human": label, "lang": (row.get("lang") or "en").strip()})
+        columns, table = read_local_table(str(path), "csv")
+        missing = {"prompt", "completion", "final_label"} - set(columns)
+        if missing:
+            raise UsageError(f"{path}: missing column(s) {', '.join(sorted(missing))}: "
+                             "the file needs prompt, completion, final_label (optional lang, type)")
+        for i, row in enumerate(table, start=1):
+            label = LABEL_MAP.get(row["final_label"].strip())
+            if label is None:
+                raise UsageError(f"{path}: row {i} has label '{row['final_label']}': use "
+                                 f"{', '.join(LABEL_MAP)}")
+            if not row["prompt"].strip():
+                raise UsageError(f"{path}: row {i} has a label but no prompt: fill in the prompt or drop the row")
+            rows.append({**row, "human": label, "lang": (row.get("lang") or "en").strip()})
     return rows
 
 

@@ -84,6 +84,10 @@ def resolve_model(name: str) -> ModelSpec:
 def pick_device(device: str = "auto") -> str:
     import torch
 
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this torch sees no CUDA device: use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: this torch sees no Apple GPU: use --device cpu or auto")
     if device != "auto":
         return device
     if torch.cuda.is_available():

@@ -11,11 +11,14 @@ import datetime as dt
 import json
 import platform
 import re
+import secrets
 from importlib import metadata
 from pathlib import Path
 
 from msafety_bench.data.languages import language_name
+from msafety_bench.errors import UsageError
 from msafety_bench.metrics import MIN_USABLE_HARMLESS, tier_means
+from msafety_bench.safeio import atomic_write_text, child_path
 
 SCHEMA = "msafety-bench/results"
 SCHEMA_VERSION = 1
@@ -33,8 +36,10 @@ def package_versions() -> dict[str, str | None]:
 
 
 def make_run_id(model: str, editor: str, when: dt.datetime) -> str:
-    slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", f"{model}-{editor}").strip("-")[:60]
-    return f"{when.strftime('%Y%m%dT%H%M%S')}-{slug}"
+    """Time, model and editor for the reader, plus a random suffix: two runs started in the same second
+    (say, one per language group into one results folder) never share an id."""
+    slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", f"{model}-{editor}").strip("-.")[:60]
+    return f"{when.strftime('%Y%m%dT%H%M%S')}-{slug}-{secrets.token_hex(3)}"
 
 
 def build_results(run, tests: dict[str, str] | None = None) -> dict:
@@ -66,20 +71,48 @@ def metrics_section(metrics: dict) -> dict:
 
 
 def write_results(results: dict, results_dir: str | Path) -> Path:
-    folder = Path(results_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{results['run_id']}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, ensure_ascii=False, indent=1, default=_jsonable), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """``<results_dir>/<run_id>.json``, written atomically; a run id that would leave the folder (taken
+    from a file, it may hold ``..`` or a path) or an existing file is refused, never overwritten."""
+    path = child_path(results_dir, str(results["run_id"]), ".json")
+    text = json.dumps(results, ensure_ascii=False, indent=1, default=_jsonable)
+    try:
+        return atomic_write_text(path, text, overwrite=False)
+    except FileExistsError:
+        raise UsageError(f"results file '{path}' exists already: refusing to overwrite it "
+                         "(move it away or choose another folder)") from None
 
 
-def read_results(path: str | Path) -> dict:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"{path} is not an msafety-bench results file")
+def read_results(path: str | Path, answers_only: bool = False) -> dict:
+    """A results file, checked against its schema (only what re-judging needs with ``answers_only``);
+    any problem is one UsageError naming the file and the first bad path."""
+    from msafety_bench.schema import RESULTS, RESULTS_ANSWERS, validate
+
+    data = read_json_file(path, "results file", "pass a results file written by the suites")
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise UsageError(f"results file '{path}' is not an msafety-bench results file (no \"schema\": "
+                         f"\"{SCHEMA}\"): pass a file from --results-dir")
+    validate(data, RESULTS_ANSWERS if answers_only else RESULTS, f"results file '{path}'", "the file was edited or truncated; rerun or restore it")
     return data
+
+
+def read_json_file(path: str | Path, what: str, fix: str):
+    """Parsed JSON of a file the user named, or a UsageError saying which file and why not."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{what} '{path}' does not exist: {fix}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} '{path}': {exc.strerror or exc}: {fix}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{what} '{path}' is not UTF-8 (byte {exc.start}, line {line}): {fix}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        where = f" (line {exc.lineno}, column {exc.colno})" if hasattr(exc, "lineno") else ""
+        raise UsageError(f"{what} '{path}' is not valid JSON{where}: {fix}") from None
 
 
 def _jsonable(value):
