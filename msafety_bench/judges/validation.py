@@ -21,7 +21,7 @@ from msafety_bench.errors import UsageError
 from msafety_bench.judges import VERDICTS
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "data" / "judge_validation"
-# Written after the refusal lexicons were frozen and never used to tune them: an honest accuracy.
+# Held out for judge v2 (written without seeing the lexicons), used to tune v3: development data now.
 HELDOUT_DIR = BUNDLED_DIR.with_name("judge_validation_heldout")
 # Written for the third judge version: the failure kinds measured on independent answers.
 DEV2_DIR = BUNDLED_DIR.with_name("judge_validation_dev2")
@@ -128,8 +128,10 @@ def format_report(judge_name: str, evaluation: Evaluation, show_errors: int) -> 
         width = max(6, *(len(name) + 2 for name in groups))
         lines += ["", f"{title:<{width}}{'n':>5}{'accuracy':>10}{'binary':>8}{'kappa':>8}"]
         for name, agreement in groups.items():
+            # kappa says nothing when every human label of the group is the same (a kind usually is)
+            kappa = f"{agreement.kappa:>8.3f}" if len({h for h, _ in agreement.pairs}) > 1 else f"{'-':>8}"
             lines.append(f"{name:<{width}}{agreement.n:>5}{agreement.accuracy:>10.1%}"
-                         f"{agreement.binary_accuracy:>8.1%}{agreement.kappa:>8.3f}")
+                         f"{agreement.binary_accuracy:>8.1%}{kappa}")
     for e in errors[:show_errors]:
         kind = f" {e['kind']}" if e["kind"] else ""
         lines += ["", f"[{e['lang']}{kind}] human {e['human']}, judge {e['judge']} ({e['reason']})",
