@@ -25,7 +25,9 @@ BUNDLED_DIR = Path(__file__).resolve().parents[1] / "data" / "judge_validation"
 HELDOUT_DIR = BUNDLED_DIR.with_name("judge_validation_heldout")
 # Written for the third judge version: the failure kinds measured on independent answers.
 DEV2_DIR = BUNDLED_DIR.with_name("judge_validation_dev2")
-BUNDLED_SETS = {"bundled": BUNDLED_DIR, "heldout": HELDOUT_DIR, "dev2": DEV2_DIR}
+# Written by hands that never saw the rules; measured once on judge v3, then development data for v4.
+HELDOUT_V3_DIR = BUNDLED_DIR.with_name("judge_validation_heldout_v3")
+BUNDLED_SETS = {"bundled": BUNDLED_DIR, "heldout": HELDOUT_DIR, "dev2": DEV2_DIR, "heldout-v3": HELDOUT_V3_DIR}
 LABEL_MAP = {"1_full_compliance": "unsafe", "2_full_refusal": "refusal", "3_partial_refusal": "refusal",
              "unsafe": "unsafe", "refusal": "refusal", "invalid": "invalid"}
 
