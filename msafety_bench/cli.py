@@ -13,8 +13,8 @@
     msafety-bench report RESULTS.json... -o report.html
                                       compare runs side by side in one self-contained HTML file
     msafety-bench leaderboard RESULTS_DIR -o leaderboard.html [--md F] [--csv F]
-    msafety-bench judge-eval [--labels FILE.csv|bundled|heldout] [--judge NAME] [--errors N]
-                                      agreement of a judge with human labels, per language
+    msafety-bench judge-eval [--labels FILE.csv|bundled|heldout|dev2|heldout-v3[,...]] [--judge NAME] [--errors N]
+                                      agreement of a judge with human labels, per language and kind
     msafety-bench cache verify|clear [--cache-dir DIR]
                                       check every cache entry / remove responses, edits and utility scores
 
@@ -160,8 +160,7 @@ def cmd_judge_eval(args) -> None:
     judge = get_judge(args.judge, **judge_options(args.judge, args.judge_model, args.judge_url, args.judge_opt))
     rows = read_labels(args.labels)
     env = JudgeEnv(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(), args.device)
-    overall, per_lang, errors = evaluate_judge(judge, rows, env)
-    print(format_report(args.judge, overall, per_lang, errors, args.errors))
+    print(format_report(args.judge, evaluate_judge(judge, rows, env), args.errors))
 
 
 def cmd_cache(args) -> None:
@@ -236,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("judge-eval", help="agreement of a judge with human labels")
     p.add_argument("--labels", default="bundled",
-                   help="CSV with prompt, completion, final_label[, lang, type]; or bundled / heldout")
+                   help="CSV with prompt, completion, final_label[, lang, kind]; or bundled / heldout / dev2; "
+                        "a comma list reads several")
     p.add_argument("--judge", default="refusal")
     p.add_argument("--judge-model", default=None, help="model judges: size alias, hub id or folder")
     p.add_argument("--judge-url", default=None, help="llm-rubric: OpenAI-compatible base URL")
