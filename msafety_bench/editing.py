@@ -118,7 +118,7 @@ class FitContext:
     """What an editor may need besides the model: where to cache artifacts, the seed, a progress flag."""
 
     base_fingerprint: str
-    cache_dir: Path  # edits go to <cache_dir>/edits/<fingerprint>/
+    cache_dir: Path  # edits go to <cache_dir>/edits/<fingerprint>/, activations to <cache_dir>/activations/
     seed: int = 0
     progress: bool = True
     no_cache: bool = False  # --no-cache: responses are not persisted (edit artifacts still are)
@@ -131,6 +131,12 @@ class FitContext:
         from msafety_bench.generation.cache import ResponseCache
 
         return ResponseCache(None if self.no_cache else Path(self.cache_dir) / "responses.sqlite")
+
+    def activation_cache(self):
+        """Pooled activations read by editors, kept on disk like edit artifacts (also with --no-cache)."""
+        from msafety_bench.representations import ActivationCache
+
+        return ActivationCache(Path(self.cache_dir) / "activations")
 
     def edit_fingerprint(self, editor: str, config: EditorConfig, calibration: list) -> str:
         payload = json.dumps(
