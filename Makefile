@@ -82,7 +82,7 @@ organism: setup
 test: setup browser
 	$(BIN)/pytest tests/ --durations=10; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
 
-# Unit, property and tiny-qwen2 tests: no SmolLM2, no server, under 3 minutes.
+# Unit, property and tiny-qwen2 tests: no SmolLM2, no served model (about 6 min on 2 cores; target 3).
 test-fast: setup browser
 	$(BIN)/pytest tests/ -m "not slow" --durations=10; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
 
