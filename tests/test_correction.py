@@ -37,6 +37,7 @@ def test_known_values():
     assert value.value == pytest.approx(0.2) and value.ci[0] < 0.2 < value.ci[1] and value.note is None
 
 
+@settings(deadline=None)
 @given(st.integers(1, 500).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))),
        st.integers(MIN_VALIDATION_ROWS, 300), st.integers(MIN_VALIDATION_ROWS, 300))
 def test_a_perfect_judge_changes_nothing(kn, n_unsafe, n_not_unsafe):
