@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from msafety_bench.errors import UsageError
 from msafety_bench.judges import Verdict, get_judge
 from msafety_bench.metrics import LanguageMetrics
 from msafety_bench.metrics.correction import (MIN_VALIDATION_ROWS, CorrectedASR, ValidationCounts,
-                                              attach_to_results, correct_asr, corrected_by_language,
+                                              attach_to_results, check_validation_spec, correct_asr,
+                                              corrected_by_language,
                                               count_agreement, rogan_gladen, validation_figures)
 from msafety_bench.results import summary_table
 
@@ -132,6 +134,17 @@ def test_validation_figures_of_the_refusal_judge_on_the_heldout_set(tmp_path, mo
     assert validation_figures(judge, "heldout", False, tmp_path) == figures
     with pytest.raises(AssertionError):  # another set is another cache entry
         validation_figures(judge, "bundled", False, tmp_path)
+    monkeypatch.undo()
+    cached[0].write_text("{not json", encoding="utf-8")
+    assert validation_figures(judge, "heldout", False, tmp_path) == figures  # a damaged entry is rebuilt
+    assert json.loads(cached[0].read_text()) == figures
+
+
+def test_a_bad_validation_set_is_one_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="^--judge-validation 'nope.csv' is neither a validation set"):
+        check_validation_spec("nope.csv")
+    for ok in ("heldout", "bundled", "none"):
+        check_validation_spec(ok)
 
 
 def test_model_judges_are_validated_only_on_a_set_the_user_chose(tmp_path):
@@ -174,3 +187,37 @@ def test_results_summary_show_raw_and_corrected_side_by_side():
     stored = results["metrics"]["languages"]
     assert CorrectedASR.from_dict(json.loads(json.dumps(stored["en"]["asr_corrected"]))) == corrected["en"]
     assert stored["xx"]["asr_corrected"]["value"] is None
+
+
+def test_leaderboard_and_summary_of_a_real_run_show_both_and_rank_by_either(tmp_path, capsys):
+    """One real run (tiny-qwen2) with its figures, copied into two rows whose raw and corrected LRL ASR
+    disagree on the order: ``--asr`` picks the ranking; ``msafety-bench summary`` shows both columns."""
+    from msafety_bench.cli import main
+    from msafety_bench.pipeline import BenchRun, RunOptions
+    from msafety_bench.report import leaderboard_rows, render_leaderboard
+    from msafety_bench.results import build_results
+
+    run = BenchRun(RunOptions(model="tiny-qwen2", languages="en,bn", limit=2, max_new_tokens=4,
+                              cache_dir=str(tmp_path / "cache"), device="cpu", progress=False))
+    run.execute()
+    results = build_results(run)
+    figures = validation_figures(run.options.make_judge(), "heldout", False, None)
+    attach_to_results(results, figures, corrected_by_language(run.metrics, figures, "refusal"))
+    folder = tmp_path / "results"
+    folder.mkdir()
+    for model, raw, corrected in (("a", 0.1, 0.6), ("b", 0.4, 0.2)):
+        data = json.loads(json.dumps(results))
+        data["model"]["name"] = model
+        data["metrics"]["tier_mean_asr"]["lrl"] = data["metrics"]["languages"]["bn"]["asr"] = raw
+        data["metrics"]["languages"]["bn"]["asr_corrected"] = {"value": corrected, "ci": [0.0, 1.0], "note": None}
+        (folder / f"{model}.json").write_text(json.dumps(data))
+    assert [r["model"] for r in leaderboard_rows(str(folder))] == ["a", "b"]
+    assert [r["model"] for r in leaderboard_rows(str(folder), asr="corrected")] == ["b", "a"]
+    html = render_leaderboard(str(folder), str(tmp_path / "lb.html"), asr="corrected").read_text()
+    assert "(LRL) judge-corrected ASR" in html and "LRL corr." in html
+
+    assert main(["summary", str(folder / "a.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "corrected" in lines[1]
+    assert " 10.0% " in next(line for line in lines if line.startswith("bn ")) and " 60.0% " in next(
+        line for line in lines if line.startswith("bn "))

@@ -175,7 +175,10 @@ def validation_figures(judge, spec: str, explicit: bool, cache_dir: Path | None,
     key = hashlib.sha256(json.dumps([judge.name, judge.config, digest], sort_keys=True, default=str).encode())
     cached = Path(cache_dir) / "judge-validation" / f"{key.hexdigest()[:20]}.json" if cache_dir else None
     if cached and cached.is_file():
-        return json.loads(cached.read_text(encoding="utf-8"))
+        try:
+            return json.loads(cached.read_text(encoding="utf-8"))
+        except ValueError:  # a damaged cache entry is recomputed and replaced
+            pass
     _, per_lang, _ = evaluate_judge(judge, read_labels(spec), env)
     figures = {"set": spec if spec in BUNDLED_SETS else Path(spec).name, "digest": digest, "judge": judge.name,
                "judge_version": judge_version(judge.config), "min_rows": MIN_VALIDATION_ROWS,
