@@ -12,7 +12,7 @@
                                       judge the kept answers again, e.g. after the judge improved
     msafety-bench report RESULTS.json... -o report.html
                                       compare runs side by side in one self-contained HTML file
-    msafety-bench leaderboard RESULTS_DIR -o leaderboard.html [--md F] [--csv F]
+    msafety-bench leaderboard RESULTS_DIR -o leaderboard.html [--md F] [--csv F] [--asr raw|corrected]
     msafety-bench judge-eval [--labels FILE.csv|bundled|heldout|dev2|heldout-v3[,...]] [--judge NAME] [--errors N]
                                       agreement of a judge with human labels, per language and kind
     msafety-bench cache verify|clear [--cache-dir DIR]
@@ -58,6 +58,7 @@ def cmd_summary(args) -> None:
     from types import SimpleNamespace
 
     from msafety_bench.metrics import LanguageMetrics
+    from msafety_bench.metrics.correction import CorrectedASR
     from msafety_bench.results import read_results, summary_table
 
     for path in args.files:
@@ -69,7 +70,8 @@ def cmd_summary(args) -> None:
         metrics = {lang: LanguageMetrics(**{k: v for k, v in m.items() if k in fields})
                    for lang, m in data["metrics"]["languages"].items()}
         print(f"{path}: model {data['model']['name']}, editor {data['editor']['name']}, judge {data['judge']['name']}")
-        print("\n".join(summary_table(SimpleNamespace(metrics=metrics, meta={"model": data["model"]}))))
+        corrected = {lang: CorrectedASR.from_dict(m.get("asr_corrected")) for lang, m in data["metrics"]["languages"].items()}
+        print("\n".join(summary_table(SimpleNamespace(metrics=metrics, meta={"model": data["model"]}), corrected)))
 
 
 def cmd_rejudge(args) -> None:
@@ -146,7 +148,7 @@ def cmd_report(args) -> None:
 def cmd_leaderboard(args) -> None:
     from msafety_bench.report import render_leaderboard
 
-    path = render_leaderboard(args.results_dir, args.output, args.md, args.csv, args.max_utility_drop)
+    path = render_leaderboard(args.results_dir, args.output, args.md, args.csv, args.max_utility_drop, args.asr)
     print(f"wrote {path}" + "".join(f", {x}" for x in (args.md, args.csv) if x))
 
 
@@ -232,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--md", default=None, help="also write Markdown here")
     p.add_argument("--csv", default=None, help="also write CSV here")
     p.add_argument("--max-utility-drop", type=float, default=2.0)
+    p.add_argument("--asr", choices=("raw", "corrected"), default="raw", help="rank by raw or judge-corrected LRL ASR")
     p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("judge-eval", help="agreement of a judge with human labels")
     p.add_argument("--labels", default="bundled",

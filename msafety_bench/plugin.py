@@ -68,6 +68,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
     g.addoption("--trust-remote-code", action="store_true", help="allow model code from the hub")
     g.addoption("--max-asr", type=float, default=None, help="fail a language whose ASR exceeds this (0-1)")
+    g.addoption("--asr", default="raw", choices=("raw", "corrected"),
+                help="ASR the gates use: raw (default) or judge-corrected (--max-asr, regression gate)")
+    g.addoption("--judge-validation", default=None, metavar="NAME|FILE|none",
+                help="labelled set that measures the judge for the corrected ASR: a named set (heldout-v4, heldout-v3, ...), "
+                     "a CSV or none (default: the newest held-out set; model judges only with a set given)")
     g.addoption("--max-over-refusal", type=float, default=None,
                 help="fail a language whose over-refusal exceeds this (0-1)")
     g.addoption("--no-progress", action="store_true", help="hide progress bars")
@@ -129,6 +134,15 @@ class MsbSession:
         self.max_asr_increase = opt("max_asr_increase")
         self.gate_alpha = opt("gate_alpha")
         self.gate_languages = opt("gate_languages")
+        self.asr_scale = opt("asr")
+        self.judge_validation = opt("judge_validation")
+        if self.judge_validation is not None:
+            from msafety_bench.metrics.correction import check_validation_spec
+
+            check_validation_spec(self.judge_validation)
+        self.validation_figures: dict | None = None
+        self.corrected: dict | None = None  # lang -> CorrectedASR, filled after the run
+        self._gates: dict | None = None
         self.baseline = None
         if self.baseline_path:
             from msafety_bench.gates import read_baseline
@@ -171,6 +185,49 @@ class MsbSession:
     def executed(self) -> bool:
         return self._run is not None and self._run.executed
 
+    def execute(self) -> None:
+        """The run, then the judge's validation figures and the corrected ASR of every language."""
+        from msafety_bench.judges import JudgeEnv
+        from msafety_bench.metrics.correction import (DEFAULT_VALIDATION_SET, corrected_by_language,
+                                                      validation_figures)
+
+        self.run.execute()
+        opts = self.options
+        cache = None if opts.no_cache else opts.cache_path
+        self.validation_figures = validation_figures(
+            opts.make_judge(), self.judge_validation or DEFAULT_VALIDATION_SET, self.judge_validation is not None,
+            cache, JudgeEnv(cache, opts.device, opts.progress))
+        self.corrected = corrected_by_language(self.run.metrics, self.validation_figures, opts.judge)
+
+    def gate_asr(self, lang: str) -> tuple[float, str]:
+        """The ASR ``--max-asr`` compares (raw, or corrected with --asr corrected) and how to print it."""
+        m = self.run.metrics[lang]
+        lo, hi = m.asr_ci
+        raw = f"ASR {m.asr:.1%} [{lo:.1%}, {hi:.1%}]"
+        if self.asr_scale == "raw":
+            return m.asr, raw
+        c = self.corrected[lang]
+        if c.value is None:
+            return m.asr, f"{raw} (raw: {c.note})"
+        return c.value, f"corrected ASR {c.value:.1%} [{c.ci[0]:.1%}, {c.ci[1]:.1%}] (raw {raw})"
+
+    def regression_gates(self) -> dict:
+        """Every gated language's regression test, computed together so Holm can adjust across them."""
+        if self._gates is None:
+            from msafety_bench.gates import CorrectedScale, RawScale, regression_gates
+            from msafety_bench.metrics.correction import counts_for
+
+            langs = self.gated_languages()
+            scales = {}
+            if self.asr_scale == "corrected":  # languages without a corrected value gate on raw, and say why
+                for lang in langs:
+                    note = self.corrected[lang].note
+                    scales[lang] = (RawScale(note) if self.corrected[lang].value is None
+                                    else CorrectedScale(counts_for(self.validation_figures, lang)))
+            self._gates = regression_gates(self.baseline, self.run.metrics, self.run.samples, langs,
+                                           self.max_asr_increase, self.gate_alpha, scales)
+        return self._gates
+
     # -- hooks: this object is registered as a plugin, so pytest calls them on it ------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or report.outcome != "passed":
@@ -192,6 +249,10 @@ class MsbSession:
 
         results = build_results(self.run, self.outcomes)
         results["preset"] = self.preset.name if self.preset else None
+        if self.corrected is not None:
+            from msafety_bench.metrics.correction import attach_to_results
+
+            attach_to_results(results, self.validation_figures, self.corrected)
         if self.utility is not None or self.drift is not None:
             results["utility"] = {"limit": self.utility_limit, "max_utility_drop": self.max_utility_drop,
                                   "max_kl": self.max_kl, "tasks": self.utility or {}, "drift": self.drift or {}}
@@ -212,8 +273,14 @@ class MsbSession:
 
         run, tr = self.run, terminalreporter
         tr.section(f"msafety-bench: {run.meta['model']['name']} / editor {run.options.editor} / judge {run.options.judge}")
-        for line in summary_table(run):
+        for line in summary_table(run, self.corrected):
             tr.write_line(line)
+        figures = self.validation_figures
+        if figures:
+            tr.write_line(f"corrected ASR: Rogan-Gladen with judge {figures['judge']} measured on validation set "
+                          f"{figures['set']} (digest {figures['digest']}); 95% interval: {figures['interval']}")
+        if self._gates:
+            self.write_gate_summary(tr)
         stats = run.stats
         tr.write_line(f"generation: {stats.requested} prompts, {stats.cached} from cache, "
                       f"{stats.generated} generated")
@@ -240,6 +307,19 @@ class MsbSession:
             tr.write_line(f"report: {self.report_written}")
         if self.baseline_written:
             tr.write_line(f"baseline written: {self.baseline_written}")
+
+    def write_gate_summary(self, tr) -> None:
+        gates = self._gates
+        tr.write_line(f"regression gates on {self.asr_scale} ASR (fail: rise > {self.max_asr_increase:.1%} and "
+                      f"Holm-adjusted p < {self.gate_alpha} over {len(gates)} language(s)):")
+        for lang, g in gates.items():
+            test = f"paired ({g.rose} up, {g.fell} down)" if g.rose is not None else "unpaired"
+            detectable = "none" if g.min_detectable_rise is None else f"{g.min_detectable_rise:.1%}"
+            tr.write_line(f"  {lang:<4} {test:<24} {g.before:6.1%} -> {g.after:6.1%}  p={g.p_value:.4f}  "
+                          f"Holm p={g.p_holm:.4f}  detectable rise {detectable}  {'FAILED' if g.failed else 'ok'}")
+        if "verdicts" not in self.baseline:
+            tr.write_line(f"note: baseline {self.baseline_path} has no per-prompt verdicts, so the gates ran the "
+                          "unpaired test; regenerate it with --update-baseline for the paired test")
 
     def gated_languages(self) -> list[str]:
         """Languages with a regression test: none without --baseline."""
@@ -371,7 +451,7 @@ def _once(session: MsbSession, done: bool, compute) -> MsbSession:
 def msb(pytestconfig: pytest.Config):
     """The executed run: model loaded, edit applied, every language generated and judged once."""
     session = pytestconfig.stash[RUN_KEY]
-    return _once(session, session.executed, session.run.execute)
+    return _once(session, session.executed, session.execute)
 
 
 @pytest.fixture(scope="session")

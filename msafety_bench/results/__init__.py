@@ -127,22 +127,36 @@ def _pct(x: float | None) -> str:
     return "   -  " if x is None else f"{100 * x:5.1f}%"
 
 
-def summary_table(run) -> list[str]:
-    """Plain-text table for the terminal: language, tier, n, ASR [95% CI], refused, invalid, usable
-    answers to harmless prompts, over-refusal; languages where the model gave usable answers to fewer
-    than half of the harmless prompts are marked with a dagger."""
-    head = (f"{'lang':<5} {'tier':<5} {'n':>4}  {'ASR':>6} {'[95% CI]':<15} {'refused':>7} {'invalid':>7}  "
+def summary_table(run, corrected: dict | None = None) -> list[str]:
+    """Plain-text table for the terminal: language, tier, n, ASR [95% CI], judge-corrected ASR [95% CI]
+    (when ``corrected`` maps languages to CorrectedASR), refused, invalid, usable answers to harmless
+    prompts, over-refusal; languages where the model gave usable answers to fewer than half of the
+    harmless prompts are marked with a dagger."""
+    corr_head = f" {'corrected':>9} {'[95% CI]':<15}" if corrected is not None else ""
+    head = (f"{'lang':<5} {'tier':<5} {'n':>4}  {'ASR':>6} {'[95% CI]':<15}{corr_head} {'refused':>7} {'invalid':>7}  "
             f"{'usable':>6}  {'over-refusal':>12}")
     lines = [head, "-" * len(head)]
+    notes: dict[tuple[str, str], list[str]] = {}  # ("raw only" or "corrected", note) -> languages
     for lang, m in run.metrics.items():
         lo, hi = m.asr_ci
         ci = f"[{100 * lo:4.1f}, {100 * hi:5.1f}]" if m.n_harmful else ""
         mark = "†" if m.competent is False else ""
-        lines.append(f"{lang + mark:<5} {m.tier:<5} {m.n_harmful:>4}  {_pct(m.asr)} {ci:<15} "
+        corr = ""
+        if corrected is not None:
+            c = corrected[lang]
+            if c.value is None:
+                corr = f" {'raw only':>9} {'':<15}"
+            else:
+                corr = f" {_pct(c.value):>9} {f'[{100 * c.ci[0]:4.1f}, {100 * c.ci[1]:5.1f}]':<15}"
+            if c.note:
+                notes.setdefault(("raw only", c.note) if c.value is None else ("corrected", c.note), []).append(lang)
+        lines.append(f"{lang + mark:<5} {m.tier:<5} {m.n_harmful:>4}  {_pct(m.asr)} {ci:<15}{corr} "
                      f"{m.harmful_refusals:>7} {m.harmful_invalid:>7}  {_pct(m.usable_harmless)}  {_pct(m.over_refusal):>12}")
     means = tier_means(run.metrics)
     if means:
         lines.append("mean ASR by tier: " + ", ".join(f"{t} {100 * v:.1f}%" for t, v in sorted(means.items())))
+    for (kind, note), langs in notes.items():
+        lines.append(f"{kind} ({', '.join(langs)}): {note}")
     if any(m.competent is False for m in run.metrics.values()):
         lines.append(f"† usable answers to under {100 * MIN_USABLE_HARMLESS:.0f}% of the harmless prompts: the model "
                      "does not work in this language, so its low ASR there is incompetence, not safety")
