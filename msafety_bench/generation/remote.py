@@ -8,13 +8,11 @@ read from an environment variable at call time and is never written anywhere.
 
 from __future__ import annotations
 
-import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from msafety_bench.errors import UsageError
-from msafety_bench.generation.cache import ResponseCache, cache_key
+from msafety_bench.generation.cache import ResponseCache
 
 
 @dataclass(frozen=True)
@@ -53,51 +51,16 @@ class Endpoint:
 def chat_many(endpoint: Endpoint, conversations: list[list[dict]], *, max_tokens: int, seed: int,
               cache: ResponseCache, cache_tag: str, progress: bool = True, desc: str = "requests",
               stats=None) -> list[str]:
-    """The assistant reply to each conversation (a list of chat messages), greedy, in order.
+    """The assistant reply to each conversation (a list of chat messages), greedy, in order, cached
+    under (endpoint, tag, messages, max_tokens, seed) and committed in chunks."""
+    from msafety_bench.engines import generate_cached
+    from msafety_bench.engines.openai import OpenAIEngine
+    from msafety_bench.generation import GenerationSettings
 
-    Replies are cached under (endpoint, tag, messages, max_tokens, seed) and committed in chunks, so an
-    interrupted run resumes without repeating requests.
-    """
-    from tqdm.auto import tqdm
-
-    fields = {"max_new_tokens": max_tokens, "seed": seed, "temperature": 0}
-    rendered = [json.dumps(c, ensure_ascii=False, sort_keys=True) for c in conversations]
-    keys = [cache_key(endpoint.identity, cache_tag, r, fields) for r in rendered]
-    answers = cache.get_many(list(dict.fromkeys(keys)))
-    todo = list({k: c for k, c in zip(keys, conversations) if k not in answers}.items())
-    if stats is not None:
-        stats.requested += len(conversations)
-        stats.cached += len(conversations) - sum(1 for k in keys if k not in answers)
-    client = endpoint.client()
-
-    def ask(messages):
-        reply = client.chat.completions.create(model=endpoint.model, messages=messages, max_tokens=max_tokens,
-                                               temperature=0, seed=seed)
-        return (reply.choices[0].message.content or "").strip()
-
-    bar = tqdm(total=len(todo), desc=desc, unit="req", disable=not progress or not todo)
-    chunk = endpoint.concurrency * 4
-    try:
-        with ThreadPoolExecutor(max_workers=endpoint.concurrency) as pool:
-            for start in range(0, len(todo), chunk):
-                part = todo[start : start + chunk]
-                texts = list(pool.map(ask, [c for _, c in part]))
-                cache.put_many([(k, endpoint.identity, cache_tag, fields, json.dumps(c, ensure_ascii=False), t)
-                                for (k, c), t in zip(part, texts)])
-                answers.update({k: t for (k, _), t in zip(part, texts)})
-                if stats is not None:
-                    stats.generated += len(part)
-                    stats.batches += 1
-                bar.update(len(part))
-    except Exception as exc:  # the openai client raises its own error types; name the endpoint and stop
-        if type(exc).__module__.split(".")[0] != "openai":
-            raise
-        raise UsageError(f"request to {endpoint.base_url} (model '{endpoint.model}') failed after retries: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} -- check that "
-                         "the server is running and serves that model (GET /v1/models)") from None
-    finally:
-        bar.close()
-    return [answers[k] for k in keys]
+    engine = OpenAIEngine([endpoint])
+    rendered = [engine.render_conversation(c) for c in conversations]
+    return generate_cached(engine, rendered, GenerationSettings(max_tokens, 1, seed), cache, cache_tag,
+                           progress=progress, stats=stats, desc=desc)
 
 
 def user_conversation(prompt: str, system_prompt: str | None) -> list[dict]:

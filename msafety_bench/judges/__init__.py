@@ -116,7 +116,8 @@ def judge_options(name: str, model: str | None = None, url: str | None = None,
     out = {}
     for key, value in raw.items():
         if key not in params:
-            flag = {"model": "--judge-model", "url": "--judge-url"}.get(key, f"--judge-opt {key}")
+            flag = {"model": "--judge-model", "url": "--judge-url", "backend": "--judge-backend"}.get(
+                key, f"--judge-opt {key}")
             accepted = ", ".join(p for p in params if p != "self") or "none"
             raise UsageError(f"judge '{name}' has no option {flag}: its options are {accepted}")
         out[key] = _typed(value, hints.get(key, str), f"judge option {key}")
