@@ -65,7 +65,7 @@ def test_openai_replicas_share_the_requests():
 
     one = OpenAIEngine([Endpoint("http://a:1/v1", "m")])
     assert one.model_fingerprint == "openai:m@http://a:1/v1"  # what single-server runs were cached under
-    two = OpenAIEngine([Endpoint("http://b:1/v1", "m"), Endpoint("http://a:1/v1", "m", concurrency=2)])
+    two = OpenAIEngine([Endpoint("http://b:1/v1", "m", concurrency=1), Endpoint("http://a:1/v1", "m", concurrency=2)])
     assert two.model_fingerprint == "openai:m@http://a:1/v1|http://b:1/v1"
     assert [len(b) for b in two.batches([json.dumps([{"role": "user", "content": str(i)}]) for i in range(30)],
                                         SETTINGS)] == [12, 12, 6]

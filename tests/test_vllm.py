@@ -69,7 +69,7 @@ def sparse_edit(smollm2):
     from msafety_bench.editing import FitContext, build_edit
     from msafety_bench.models.fingerprint import model_fingerprint
 
-    records = [r for r in load_msb_core() if r.split == "calibration"]
+    records = [r for r in load_msb_core() if r.split == "calibration" and r.lang in LANGS]  # en is the source
     context = FitContext(model_fingerprint(smollm2.model), default_cache_dir(), progress=False)
     return build_edit(smollm2, "sparse", [], None, records, context)
 
