@@ -59,7 +59,8 @@ def engines(smollm2):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; ample for 24 short prompts
     fingerprint = model_fingerprint(smollm2.model)
     started = time.time()
-    engine = VllmEngine(smollm2, fingerprint, {"max_model_len": 2048}, seed=0)
+    # enforce_eager: no torch.compile warm-up (minutes on a shared CPU); the kernels are the same.
+    engine = VllmEngine(smollm2, fingerprint, {"max_model_len": 2048, "enforce_eager": True}, seed=0)
     print(f"\nvLLM {engine.version} engine start: {time.time() - started:.0f} s")
     return HfEngine(smollm2, fingerprint), engine
 
