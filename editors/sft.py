@@ -123,7 +123,8 @@ class SftEditor(Editor):
 
     def _examples(self, loaded, calibration, config, context) -> list[tuple[str, str]]:
         from msafety_bench.data import select_languages
-        from msafety_bench.generation import GenerationSettings, generate_responses
+        from msafety_bench.engines.hf import generate_responses
+        from msafety_bench.generation import GenerationSettings
 
         available = list(dict.fromkeys(r.lang for r in calibration))
         langs = select_languages(config.languages, available, "calibration")

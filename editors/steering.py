@@ -119,7 +119,8 @@ class SteeringEditor(Editor):
             raise UsageError(f"steering: calibration data needs harmful and harmless '{config.source_lang}' prompts")
         n_layers = loaded.adapter.num_layers(loaded.model)
         acts = collect(loaded, harmful + harmless, list(range(n_layers)), ("resid",), config.pooling,
-                       progress=context.progress)["resid"].double()
+                       progress=context.progress, cache=context.activation_cache(),
+                       fingerprint=context.base_fingerprint)["resid"].double()
         h, s = acts[: len(harmful)], acts[len(harmful):]
         diff = h.mean(0) - s.mean(0)  # (layers, d_model)
         unit = diff / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -3,7 +3,7 @@
 An ``Editor`` (one self-contained module per editor under ``editors/``) turns (model, calibration
 records, config) into an ``Edit``. ``with edit.apply(model):`` changes the model; leaving the block
 restores every weight bit for bit and removes every hook. Editors register through the entry-point
-group ``msafety_bench.editors`` (the built-ins too), so a third party adds one the same way.
+group ``msafety_bench.editors``; the built-ins are listed in ``EDITORS`` and cannot be shadowed.
 ``--editor a+b`` composes: b is fitted on the model already edited by a.
 """
 
@@ -13,14 +13,16 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import time
-import typing
+import warnings
 from abc import ABC, abstractmethod
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
-from msafety_bench.errors import UsageError
+from msafety_bench.errors import CacheWarning, UsageError
+from msafety_bench.options import parse_options
+from msafety_bench.registry import Registry
 
 ENTRY_POINT_GROUP = "msafety_bench.editors"
 
@@ -111,7 +113,12 @@ class Editor(ABC):
         fingerprint = context.edit_fingerprint(self.name, config, calibration)
         folder = artifact_folder(context, fingerprint)
         if has_artifact(context, fingerprint):
-            return self.edit_class.load(folder, config)
+            try:
+                return self.edit_class.load(folder, config)
+            except (DamagedArtifact, KeyError) as exc:
+                aside = set_aside(folder)
+                warnings.warn(CacheWarning(f"edit artifact {folder} is damaged ({exc}): moved to {aside.name}, "
+                                           f"fitting editor '{self.name}' again"))
         started = time.time()
         edit = self.fit_new(loaded, calibration, config, context, fingerprint)
         edit.info["fit_seconds"] = round(time.time() - started, 2)
@@ -128,7 +135,7 @@ class FitContext:
     """What an editor may need besides the model: where to cache artifacts, the seed, a progress flag."""
 
     base_fingerprint: str
-    cache_dir: Path  # edits go to <cache_dir>/edits/<fingerprint>/
+    cache_dir: Path  # edits go to <cache_dir>/edits/<fingerprint>/, activations to <cache_dir>/activations/
     seed: int = 0
     progress: bool = True
     no_cache: bool = False  # --no-cache: responses are not persisted (edit artifacts still are)
@@ -142,6 +149,12 @@ class FitContext:
 
         return ResponseCache(None if self.no_cache else Path(self.cache_dir) / "responses.sqlite")
 
+    def activation_cache(self):
+        """Pooled activations read by editors, kept on disk like edit artifacts (also with --no-cache)."""
+        from msafety_bench.representations import ActivationCache
+
+        return ActivationCache(Path(self.cache_dir) / "activations")
+
     def edit_fingerprint(self, editor: str, config: EditorConfig, calibration: list) -> str:
         payload = json.dumps(
             [self.base_fingerprint, editor, dataclasses.asdict(config),
@@ -151,24 +164,24 @@ class FitContext:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=1)
-def _entry_points() -> dict[str, Any]:
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+EDITORS = Registry("editor", ENTRY_POINT_GROUP, {
+    "none": "msafety_bench.editors.none:NoEditor",
+    "sparse": "msafety_bench.editors.sparse:SparseEditor",
+    "steering": "msafety_bench.editors.steering:SteeringEditor",
+    "sft": "msafety_bench.editors.sft:SftEditor",
+})
 
 
 def editor_names() -> list[str]:
-    return sorted(_entry_points())
+    return EDITORS.names()
 
 
 def check_editor_spec(spec: str) -> list[str]:
     """Split ``a+b`` and check every part exists, without importing the editors."""
     parts = [p.strip() for p in spec.split("+")]
-    known = editor_names()
     for part in parts:
-        if part not in known:
-            raise UsageError(f"unknown editor '{part}': choose from {', '.join(known)} (compose with a+b)")
+        if part not in EDITORS.names():
+            raise UsageError(f"unknown editor '{part}': choose from {', '.join(EDITORS.names())} (compose with a+b)")
     if "none" in parts and len(parts) > 1:
         raise UsageError(f"editor 'none' cannot be composed ('{spec}'): drop it from the list")
     return parts
@@ -176,48 +189,16 @@ def check_editor_spec(spec: str) -> list[str]:
 
 def get_editor(name: str) -> Editor:
     check_editor_spec(name)
-    return _entry_points()[name].load()()
+    return EDITORS.get(name)()
 
 
 def parse_config(editor: Editor, options: dict[str, str]) -> EditorConfig:
     """Build an editor's config from string options, converting each to the field's declared type."""
-    fields = {f.name: f for f in dataclasses.fields(editor.Config)}
-    hints = typing.get_type_hints(editor.Config)
-    aliases = getattr(editor.Config, "ALIASES", {})
-    values = {}
-    for key, raw in options.items():
-        key = aliases.get(key, key)
-        if key not in fields:
-            valid = ", ".join(fields) or "none"
-            raise UsageError(f"editor '{editor.name}' has no option '{key}': its options are {valid}")
-        values[key] = _convert(raw, hints[key], f"{editor.name}.{key}")
+    values = parse_options(editor.Config, options, "editor", editor.name, getattr(editor.Config, "ALIASES", {}))
     try:
-        config = editor.Config(**values)
+        return editor.Config(**values)
     except ValueError as exc:
         raise UsageError(f"editor '{editor.name}': {exc}") from None
-    return config
-
-
-def _convert(raw: Any, hint: Any, where: str) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    origin_args = typing.get_args(hint)
-    kinds = [a for a in origin_args if a is not type(None)] if origin_args else [hint]
-    if raw.lower() in ("none", "null") and type(None) in origin_args:
-        return None
-    for kind in kinds:
-        try:
-            if kind is bool:
-                if raw.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if raw.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(raw)
-            if kind in (int, float, str):
-                return kind(raw)
-        except ValueError:
-            continue
-    raise UsageError(f"option {where}={raw!r} is not a valid {' or '.join(getattr(k, '__name__', str(k)) for k in kinds)}")
 
 
 def split_options(opts: list[str], config_file: str | None, parts: list[str]) -> dict[str, dict[str, Any]]:
@@ -225,19 +206,11 @@ def split_options(opts: list[str], config_file: str | None, parts: list[str]) ->
     per_editor: dict[str, dict[str, Any]] = {p: {} for p in parts}
     items: list[tuple[str, Any]] = []
     if config_file:
-        import yaml
-
-        path = Path(config_file)
-        if not path.is_file():
-            raise UsageError(f"editor config '{config_file}' does not exist: check --editor-config")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise UsageError(f"editor config '{config_file}' must be a mapping of option: value")
-        for key, value in data.items():
+        for key, value in read_editor_config(config_file).items():
             if isinstance(value, dict) and key in per_editor:
-                items += [(f"{key}.{k}", v) for k, v in value.items()]
+                items += [(f"{key}.{k}", _yaml_scalar(v, config_file, f"{key}.{k}")) for k, v in value.items()]
             else:
-                items.append((key, value))
+                items.append((key, _yaml_scalar(value, config_file, key)))
     for opt in opts:
         key, sep, value = opt.partition("=")
         if not sep or not key.strip():
@@ -252,6 +225,49 @@ def split_options(opts: list[str], config_file: str | None, parts: list[str]) ->
         else:
             raise UsageError(f"option '{key}' is ambiguous with editors {'+'.join(parts)}: write editor.{key}")
     return per_editor
+
+
+def read_editor_config(config_file: str) -> dict:
+    """The mapping in an ``--editor-config`` YAML file; unreadable, non-UTF-8 or malformed files and
+    anything but a mapping are one UsageError naming the file (and the line, when YAML knows it)."""
+    import yaml
+
+    path = Path(config_file)
+    if not path.is_file():
+        raise UsageError(f"editor config '{config_file}' does not exist: check --editor-config")
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"editor config '{config_file}' is not UTF-8 (byte {exc.start}): save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UsageError(f"editor config '{config_file}' is not valid YAML{where} ({problem}): "
+                         "write one 'option: value' per line") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise UsageError(f"editor config '{config_file}' must be a mapping of option: value")
+    return data
+
+
+def _yaml_scalar(value: Any, config_file: str, key: str) -> str:
+    """A YAML value as the string an --editor-opt would carry, so the editor's typed parsing checks it
+    the same way; lists and mappings are no option's value."""
+    if isinstance(value, (list, dict)):
+        raise UsageError(f"editor config '{config_file}': '{key}' holds a {type(value).__name__}, "
+                         "but editor options are single values (number, text, true/false)")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "none" if value is None else str(value)
+
+
+def check_editor_options(spec: str, opts: list[str], config_file: str | None) -> None:
+    """Every editor of ``spec`` exists and accepts these options and this config file (known keys,
+    types, ranges), checked without a model so a typo costs no model load."""
+    parts = check_editor_spec(spec)
+    options = split_options(opts, config_file, parts)
+    for part in parts:
+        parse_config(get_editor(part), options[part])
 
 
 def build_edit(loaded, spec: str, opts: list[str], config_file: str | None, calibration: list,
@@ -357,22 +373,48 @@ class HookEdit(Edit):
                 handle.remove()
 
 
+class DamagedArtifact(Exception):
+    """A cached edit that cannot be read back (truncated or overwritten files)."""
+
+
 def _save_artifact(folder: Path, tensors: dict, edit: Edit) -> None:
+    """Tensors first, then the card, each through a temporary file and a rename: a crash leaves no
+    half-written file, and a folder without ``edit.json`` is not an artifact yet."""
     from safetensors.torch import save_file
 
+    from msafety_bench.safeio import atomic_write_text
+
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "edit.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / "edit.safetensors")
-    (folder / "edit.json").write_text(json.dumps(
+    tmp = folder / f".edit.safetensors.{os.getpid()}.tmp"
+    try:
+        save_file(tensors, str(tmp))
+        tmp.replace(folder / "edit.safetensors")
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_write_text(folder / "edit.json", json.dumps(
         {"editor": edit.editor, "fingerprint": edit.fingerprint, "config": dataclasses.asdict(edit.config),
          "info": edit.info}, indent=1, default=str))
 
 
 def _load_artifact(folder: Path) -> tuple[dict, dict]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(folder / "edit.safetensors")), json.loads((folder / "edit.json").read_text())
+    try:
+        tensors = load_file(str(folder / "edit.safetensors"))
+        meta = json.loads((folder / "edit.json").read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not {"editor", "fingerprint", "info"} <= set(meta):
+            raise ValueError("edit.json lacks editor, fingerprint or info")
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise DamagedArtifact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return tensors, meta
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a damaged cache entry out of the way (kept for inspection; ``cache clear`` removes it)."""
+    aside = folder.with_name(f"{folder.name}.damaged-{int(time.time())}-{os.getpid()}")
+    folder.rename(aside)
+    return aside
 
 
 def artifact_folder(context: FitContext, fingerprint: str) -> Path:

@@ -3,3 +3,7 @@
 
 class UsageError(Exception):
     """Bad user input: the message names the problem and how to fix it."""
+
+
+class CacheWarning(UserWarning):
+    """A damaged cache entry was set aside and is being rebuilt."""

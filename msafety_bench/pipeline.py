@@ -7,6 +7,7 @@ any model loads), then ``execute()`` does the work once for all languages.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from msafety_bench.errors import UsageError
 from msafety_bench.generation import GenerationSettings, GenerationStats
 from msafety_bench.generation.cache import ResponseCache
 from msafety_bench.paths import default_cache_dir
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 @dataclass
@@ -42,6 +46,7 @@ class RunOptions:
     concurrency: int = 4
     request_timeout: float = 120.0
     max_new_tokens: int = 96
+    max_prompt_tokens: int | None = None  # None: the model's context minus max_new_tokens
     batch_size: int = 64
     seed: int = 0
     system_prompt: str | None = None
@@ -55,7 +60,7 @@ class RunOptions:
 
     def check(self) -> None:
         """Validation that needs no model and no dataset; raises UsageError."""
-        from msafety_bench.editing import check_editor_spec
+        from msafety_bench.editing import check_editor_options
         from msafety_bench.models import resolve_model
 
         from msafety_bench.engines import backend_name, parse_engine_options
@@ -73,13 +78,22 @@ class RunOptions:
                     f"export --model M --editor {self.editor} --out DIR`, serve DIR and point --base-url at it")
         else:
             resolve_model(self.model)
-            check_editor_spec(self.editor)
+            check_editor_options(self.editor, self.editor_opts, self.editor_config)
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown --dtype '{self.dtype}': use {', '.join(DTYPES)}")
+        if not DEVICE.fullmatch(self.device):
+            raise UsageError(f"unknown --device '{self.device}': use auto, cpu, cuda, cuda:N or mps")
         self.make_judge()  # cheap: model judges load their model on first use
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be at least 1, got {self.limit}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise UsageError(f"--max-prompt-tokens must be at least 1, got {self.max_prompt_tokens}")
+        for flag, folder in (("--results-dir", self.results_dir), ("--cache-dir", self.cache_dir)):
+            if folder and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
+                raise UsageError(f"{flag} '{folder}' is a file: name a folder")
 
     @property
     def cache_path(self) -> Path:
@@ -169,8 +183,7 @@ class BenchRun:
         if self.loaded is None:
             opts = self.options
             self.loaded = load_model(opts.model, cache_dir=opts.cache_path, device=opts.device,
-                                     dtype=opts.dtype, trust_remote_code=opts.trust_remote_code,
-                                     progress=opts.progress)
+                                     dtype=opts.dtype, trust_remote_code=opts.trust_remote_code)
             self.base_fingerprint = model_fingerprint(self.loaded.model)
         return self.loaded
 
@@ -200,7 +213,7 @@ class BenchRun:
         evals = self.eval_records()
         judge = opts.make_judge()
         timings: dict[str, float] = {}
-        responses, model_meta, editor_meta, engine_meta = self._generate(evals, timings)
+        responses, model_meta, editor_meta, engine_meta, evals, guard = self._generate(evals, timings)
         t0 = time.time()
         env = JudgeEnv(None if opts.no_cache else opts.cache_path, opts.device, opts.progress)
         verdicts = judge_all(judge, [(r.prompt, resp, r.lang) for r, resp in zip(evals, responses)], env)
@@ -217,6 +230,7 @@ class BenchRun:
             "judge": {"name": judge.name, "config": judge.config,
                       "unparseable": sum(v.reason == UNPARSEABLE for v in verdicts)},
             "timings_s": timings,
+            "prompt_guard": guard,
         }
         if editor_meta.get("weights_restored_after_run") is False:
             raise RuntimeError(f"editor {opts.editor} did not restore the model's weights on exit")
@@ -235,6 +249,38 @@ class BenchRun:
             return engine_class(name)(self.loaded, self.base_fingerprint)
         return engine_class(name)(self.loaded, self.base_fingerprint, parse_engine_options(opts.engine_opts), opts.seed)
 
+    def prompt_token_limit(self) -> int | None:
+        """``--max-prompt-tokens``, else the model's context length minus ``--max-new-tokens`` (None when
+        the model states no context length)."""
+        opts = self.options
+        if opts.max_prompt_tokens:
+            return opts.max_prompt_tokens
+        context = getattr(self.loaded.model.config, "max_position_embeddings", None)
+        if not context:
+            return None
+        if context - opts.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens {opts.max_new_tokens} leaves no room for a prompt in the model's "
+                             f"context of {context} tokens: lower it")
+        return context - opts.max_new_tokens
+
+    def _drop_overlong(self, evals: list[PromptRecord]) -> tuple[list[PromptRecord], dict | None]:
+        """Prompts longer than the limit (chat template included) are left out and counted, never sent to
+        the model: one pasted megabyte would otherwise ask for terabytes before anything is cached."""
+        from msafety_bench.generation import render_prompt
+
+        limit = self.prompt_token_limit()
+        if limit is None:
+            return evals, None
+        tok = self.loaded.tokenizer
+        kept, dropped = [], []
+        for rec in evals:
+            rendered = render_prompt(tok, rec.prompt, self.options.system_prompt)
+            # A token covers at least one byte, so a short prompt needs no tokenizing.
+            too_long = (len(rendered.encode("utf-8")) > limit
+                        and len(tok(rendered, add_special_tokens=False).input_ids) > limit)
+            (dropped if too_long else kept).append(rec)
+        return kept, {"max_prompt_tokens": limit, "dropped": [{"id": r.id, "lang": r.lang} for r in dropped]}
+
     def _generate(self, evals, timings):
         """One path for every backend: engine, edit, cached generation inside the edit, revert check."""
         from msafety_bench.editing import EditorConfig, NullEdit
@@ -242,9 +288,11 @@ class BenchRun:
 
         opts = self.options
         t0 = time.time()
+        guard = None
         if backend_name(opts.backend) != "openai":
             self.load()
             timings["model_load"] = time.time() - t0
+            evals, guard = self._drop_overlong(evals)
         t0 = time.time()
         engine = self.make_engine()
         timings["engine_start"] = time.time() - t0
@@ -271,10 +319,10 @@ class BenchRun:
             editor_meta = {**self.edit.describe(), "weights_restored_after_run": engine.weights_restored()}
         else:
             endpoint = engine.endpoints[0]
-            model_meta = {"name": opts.served_model, "kind": "openai", "source": endpoint.base_url,
+            model_meta = {"name": opts.served_model, "kind": "openai", "source": endpoint.public_url,
                           "fingerprint": engine.model_fingerprint, "concurrency": endpoint.concurrency}
             editor_meta = {"name": "none", "config": {}, "fingerprint": "none", "info": {}}
-        return responses, model_meta, editor_meta, engine.describe()
+        return responses, model_meta, editor_meta, engine.describe(), evals, guard
 
 
 def _round_robin(records: list[PromptRecord], limit: int | None) -> list[PromptRecord]:

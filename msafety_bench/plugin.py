@@ -7,6 +7,7 @@ transformers are imported only when a suite asks for the ``msb`` fixture.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 
 import pytest
@@ -63,6 +64,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--concurrency", type=int, default=4, help="parallel requests to a server (default 4)")
     g.addoption("--request-timeout", type=float, default=120.0, help="seconds per request before a retry")
     g.addoption("--max-new-tokens", type=int, default=96)
+    g.addoption("--max-prompt-tokens", type=int, default=None,
+                help="leave out (and count) prompts longer than this many tokens; default: the model's "
+                     "context minus --max-new-tokens")
     g.addoption("--batch-size", type=int, default=64, help="prompts per generation batch (default 64)")
     g.addoption("--seed", type=int, default=0)
     g.addoption("--system-prompt", default=None, help="system message (default: the chat template's own)")
@@ -73,6 +77,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
     g.addoption("--trust-remote-code", action="store_true", help="allow model code from the hub")
     g.addoption("--max-asr", type=float, default=None, help="fail a language whose ASR exceeds this (0-1)")
+    g.addoption("--asr", default="raw", choices=("raw", "corrected"),
+                help="ASR the gates use: raw (default) or judge-corrected (--max-asr, regression gate)")
+    g.addoption("--judge-validation", default=None, metavar="NAME|FILE|none",
+                help="labelled set that measures the judge for the corrected ASR: a named set (heldout-v4, heldout-v3, ...), "
+                     "a CSV or none (default: the newest held-out set; model judges only with a set given)")
     g.addoption("--max-over-refusal", type=float, default=None,
                 help="fail a language whose over-refusal exceeds this (0-1)")
     g.addoption("--no-progress", action="store_true", help="hide progress bars")
@@ -116,6 +125,7 @@ class MsbSession:
             engine_opts=list(opt("engine_opt")), base_url=list(opt("base_url")),
             served_model=opt("served_model"), api_key_env=opt("api_key_env"), concurrency=opt("concurrency"),
             request_timeout=opt("request_timeout"), max_new_tokens=opt("max_new_tokens"),
+            max_prompt_tokens=opt("max_prompt_tokens"),
             batch_size=opt("batch_size"), seed=opt("seed"), system_prompt=opt("system_prompt"),
             results_dir=opt("results_dir"), cache_dir=opt("cache_dir"), no_cache=opt("no_cache"),
             device=opt("device"), dtype=opt("dtype"), trust_remote_code=opt("trust_remote_code"),
@@ -134,6 +144,15 @@ class MsbSession:
         self.max_asr_increase = opt("max_asr_increase")
         self.gate_alpha = opt("gate_alpha")
         self.gate_languages = opt("gate_languages")
+        self.asr_scale = opt("asr")
+        self.judge_validation = opt("judge_validation")
+        if self.judge_validation is not None:
+            from msafety_bench.metrics.correction import check_validation_spec
+
+            check_validation_spec(self.judge_validation)
+        self.validation_figures: dict | None = None
+        self.corrected: dict | None = None  # lang -> CorrectedASR, filled after the run
+        self._gates: dict | None = None
         self.baseline = None
         if self.baseline_path:
             from msafety_bench.gates import read_baseline
@@ -149,6 +168,9 @@ class MsbSession:
         if opt("utility_limit") is not None and opt("utility_limit") < 0:
             raise UsageError(f"--utility-limit must be 0 (all) or more, got {opt('utility_limit')}")
         self.options.check()
+        for flag, path in (("--report", self.report_path), ("--update-baseline", self.update_baseline)):
+            if path and os.path.isdir(path):
+                raise UsageError(f"{flag} '{path}' is a folder: name a file")
         if self.preset and self.options.judge != self.preset.judge:
             config.issue_config_time_warning(MsbWarning(
                 f"preset {self.preset.name} was measured with judge '{self.preset.judge}', this run uses "
@@ -173,19 +195,74 @@ class MsbSession:
     def executed(self) -> bool:
         return self._run is not None and self._run.executed
 
+    def execute(self) -> None:
+        """The run, then the judge's validation figures and the corrected ASR of every language."""
+        from msafety_bench.judges import JudgeEnv
+        from msafety_bench.metrics.correction import (DEFAULT_VALIDATION_SET, corrected_by_language,
+                                                      validation_figures)
+
+        self.run.execute()
+        opts = self.options
+        cache = None if opts.no_cache else opts.cache_path
+        self.validation_figures = validation_figures(
+            opts.make_judge(), self.judge_validation or DEFAULT_VALIDATION_SET, self.judge_validation is not None,
+            cache, JudgeEnv(cache, opts.device, opts.progress))
+        self.corrected = corrected_by_language(self.run.metrics, self.validation_figures, opts.judge)
+
+    def gate_asr(self, lang: str) -> tuple[float, str]:
+        """The ASR ``--max-asr`` compares (raw, or corrected with --asr corrected) and how to print it."""
+        m = self.run.metrics[lang]
+        lo, hi = m.asr_ci
+        raw = f"ASR {m.asr:.1%} [{lo:.1%}, {hi:.1%}]"
+        if self.asr_scale == "raw":
+            return m.asr, raw
+        c = self.corrected[lang]
+        if c.value is None:
+            return m.asr, f"{raw} (raw: {c.note})"
+        return c.value, f"corrected ASR {c.value:.1%} [{c.ci[0]:.1%}, {c.ci[1]:.1%}] (raw {raw})"
+
+    def regression_gates(self) -> dict:
+        """Every gated language's regression test, computed together so Holm can adjust across them."""
+        if self._gates is None:
+            from msafety_bench.gates import CorrectedScale, RawScale, regression_gates
+            from msafety_bench.metrics.correction import counts_for
+
+            langs = self.gated_languages()
+            scales = {}
+            if self.asr_scale == "corrected":  # languages without a corrected value gate on raw, and say why
+                for lang in langs:
+                    note = self.corrected[lang].note
+                    scales[lang] = (RawScale(note) if self.corrected[lang].value is None
+                                    else CorrectedScale(counts_for(self.validation_figures, lang)))
+            self._gates = regression_gates(self.baseline, self.run.metrics, self.run.samples, langs,
+                                           self.max_asr_increase, self.gate_alpha, scales)
+        return self._gates
+
     # -- hooks: this object is registered as a plugin, so pytest calls them on it ------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or report.outcome != "passed":
             self.outcomes[report.nodeid] = report.outcome
 
-    def pytest_sessionfinish(self) -> None:
-        """Write the results file whatever the tests' outcome: a failed gate still leaves its evidence."""
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Write the results file whatever the tests' outcome: a failed gate still leaves its evidence.
+        A file that cannot be written is a usage error (exit 4), never a failed gate."""
         if not self.executed:
             return
+        try:
+            self._write_outputs()
+        except UsageError as exc:
+            self.config.get_terminal_writer().line(f"ERROR: msafety-bench: {exc}", red=True)
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+    def _write_outputs(self) -> None:
         from msafety_bench.results import build_results, write_results
 
         results = build_results(self.run, self.outcomes)
         results["preset"] = self.preset.name if self.preset else None
+        if self.corrected is not None:
+            from msafety_bench.metrics.correction import attach_to_results
+
+            attach_to_results(results, self.validation_figures, self.corrected)
         if self.utility is not None or self.drift is not None:
             results["utility"] = {"limit": self.utility_limit, "max_utility_drop": self.max_utility_drop,
                                   "max_kl": self.max_kl, "tasks": self.utility or {}, "drift": self.drift or {}}
@@ -206,11 +283,21 @@ class MsbSession:
 
         run, tr = self.run, terminalreporter
         tr.section(f"msafety-bench: {run.meta['model']['name']} / editor {run.options.editor} / judge {run.options.judge}")
-        for line in summary_table(run):
+        for line in summary_table(run, self.corrected):
             tr.write_line(line)
+        figures = self.validation_figures
+        if figures:
+            tr.write_line(f"corrected ASR: Rogan-Gladen with judge {figures['judge']} measured on validation set "
+                          f"{figures['set']} (digest {figures['digest']}); 95% interval: {figures['interval']}")
+        if self._gates:
+            self.write_gate_summary(tr)
         stats = run.stats
         tr.write_line(f"generation: {stats.requested} prompts, {stats.cached} from cache, "
                       f"{stats.generated} generated")
+        guard = run.meta.get("prompt_guard") or {}
+        if guard.get("dropped"):
+            tr.write_line(f"{len(guard['dropped'])} prompts longer than {guard['max_prompt_tokens']} tokens were left "
+                          "out (--max-prompt-tokens; ids in the results file under prompt_guard)")
         if run.meta["judge"]["unparseable"]:
             tr.write_line(f"judge {run.options.judge}: {run.meta['judge']['unparseable']} outputs could not be "
                           "parsed (counted as invalid, not as unsafe)")
@@ -230,6 +317,19 @@ class MsbSession:
             tr.write_line(f"report: {self.report_written}")
         if self.baseline_written:
             tr.write_line(f"baseline written: {self.baseline_written}")
+
+    def write_gate_summary(self, tr) -> None:
+        gates = self._gates
+        tr.write_line(f"regression gates on {self.asr_scale} ASR (fail: rise > {self.max_asr_increase:.1%} and "
+                      f"Holm-adjusted p < {self.gate_alpha} over {len(gates)} language(s)):")
+        for lang, g in gates.items():
+            test = f"paired ({g.rose} up, {g.fell} down)" if g.rose is not None else "unpaired"
+            detectable = "none" if g.min_detectable_rise is None else f"{g.min_detectable_rise:.1%}"
+            tr.write_line(f"  {lang:<4} {test:<24} {g.before:6.1%} -> {g.after:6.1%}  p={g.p_value:.4f}  "
+                          f"Holm p={g.p_holm:.4f}  detectable rise {detectable}  {'FAILED' if g.failed else 'ok'}")
+        if "verdicts" not in self.baseline:
+            tr.write_line(f"note: baseline {self.baseline_path} has no per-prompt verdicts, so the gates ran the "
+                          "unpaired test; regenerate it with --update-baseline for the paired test")
 
     def gated_languages(self) -> list[str]:
         """Languages with a regression test: none without --baseline."""
@@ -380,6 +480,12 @@ def _once(session: MsbSession, done: bool, compute) -> MsbSession:
                 compute()
             except UsageError as exc:
                 _usage_exit(exc)
+            except Exception:  # a bug of the harness, not a failed gate: exit 3 with the traceback
+                import traceback
+
+                traceback.print_exc()
+                pytest.exit("msafety-bench: internal error (the traceback above is a bug in msafety-bench, "
+                            "please report it)", returncode=pytest.ExitCode.INTERNAL_ERROR)
     return session
 
 
@@ -387,7 +493,7 @@ def _once(session: MsbSession, done: bool, compute) -> MsbSession:
 def msb(pytestconfig: pytest.Config):
     """The executed run: model loaded, edit applied, every language generated and judged once."""
     session = pytestconfig.stash[RUN_KEY]
-    return _once(session, session.executed, session.run.execute)
+    return _once(session, session.executed, session.execute)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Self-contained HTML report and leaderboard from results files (inline CSS and SVG, no network).
 
-Templates live in the top-level ``reports/`` folder (jinja2, autoescaping on: model answers are
+Templates live in ``reports/`` (installed as ``msafety_bench.reports``; jinja2, autoescaping on: model answers are
 untrusted input and always render as text). Charts are matplotlib SVG with text drawn as paths.
 """
 
@@ -14,21 +14,18 @@ from pathlib import Path
 from msafety_bench.data.languages import LANGUAGES, TIERS, language_name, tier_of
 from msafety_bench.errors import UsageError
 from msafety_bench.metrics import MIN_USABLE_HARMLESS, LanguageMetrics
+from msafety_bench.safeio import atomic_write_text
+from msafety_bench.metrics.correction import CorrectedASR
 
-TEMPLATE_DIRS = (Path(__file__).resolve().parents[1] / "reports",)
 
 
 def _templates():
+    from importlib.resources import files
+
     import jinja2
 
-    folders = [str(d) for d in TEMPLATE_DIRS if d.is_dir()]
-    try:
-        from importlib.resources import files
-
-        folders.append(str(files("reports")))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folders), autoescape=True,
+    folder = str(files("msafety_bench.reports"))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda x, digits=1: "–" if x is None else f"{100 * x:.{digits}f}%"
     return env
@@ -68,6 +65,7 @@ def _plt():
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "path"  # no text nodes: labels cannot inject markup
     matplotlib.rcParams["svg.hashsalt"] = "msafety-bench"  # stable ids between renders
+    matplotlib.rcParams["text.parse_math"] = False  # model names are data: "$x$" is text, not math
     import matplotlib.pyplot as plt
 
     return plt
@@ -128,13 +126,18 @@ def build_context(runs: list[dict]) -> dict:
     langs.sort(key=lambda c: order.get(c, len(order)))
     first = runs[0]["metrics"]["languages"]
     rows = []
+    corrected_notes: dict[tuple[str, str], list[str]] = {}  # (run label, note) -> languages
     for lang in langs:
         cells = []
         for run in runs:
             m = run["metrics"]["languages"].get(lang)
             base = first.get(lang)
             delta = None if not m or not base or m["asr"] is None or base["asr"] is None else m["asr"] - base["asr"]
-            cells.append({"m": m, "colour": _heat(m["asr"] if m else None), "delta": delta})
+            corrected = CorrectedASR.from_dict(m.get("asr_corrected")) if m else None
+            if corrected and corrected.note:
+                note = corrected.note if corrected.value is not None else f"raw only, {corrected.note}"
+                corrected_notes.setdefault((run_label(run), note), []).append(lang)
+            cells.append({"m": m, "colour": _heat(m["asr"] if m else None), "delta": delta, "corrected": corrected})
         rows.append({"lang": lang, "name": language_name(lang), "tier": tier_of(lang), "cells": cells,
                      "outside_competence": any(_incompetent(c["m"]) for c in cells)})
     tiers = [(tier, [r for r in rows if r["tier"] == tier]) for tier in (*TIERS, "other")]
@@ -159,6 +162,8 @@ def build_context(runs: list[dict]) -> dict:
     drill = [{"lang": lang, "name": language_name(lang),
               "prompts": [v for (lg, _), v in samples.items() if lg == lang]} for lang in langs]
     return {"runs": runs, "labels": [run_label(r) for r in runs], "langs": langs, "tiers": tiers,
+            "validation": [r["metrics"].get("judge_validation") for r in runs],
+            "corrected_notes": [{"run": label, "note": note, "langs": ls} for (label, note), ls in corrected_notes.items()],
             "any_outside_competence": any(r["outside_competence"] for r in rows),
             "min_usable_pct": round(100 * MIN_USABLE_HARMLESS),
             "asr_svg": asr_chart(runs, langs), "diagnostics": diagnostics, "utility_tasks": utility_tasks,
@@ -170,15 +175,28 @@ def build_context(runs: list[dict]) -> dict:
 def render_report(paths: list[str], out: str) -> Path:
     runs = load_runs(paths)
     html = _templates().get_template("report.html.j2").render(**build_context(runs))
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(html, encoding="utf-8")
-    return target
+    return atomic_write_text(out, html)
 
 
 # -- leaderboard ------------------------------------------------------------------------------------
-def leaderboard_rows(results_dir: str, max_drop: float = 2.0) -> list[dict]:
-    """One row per (model, editor, config), newest run wins; ranked within (dataset, judge) groups."""
+def corrected_tier_means(metrics: dict) -> tuple[dict[str, float], list[str]]:
+    """Mean judge-corrected ASR per tier, and the languages that entered with their raw ASR because
+    they have no corrected value (no validation data, or a judge no better than chance there)."""
+    groups: dict[str, list[float]] = {}
+    raw_used = []
+    for lang, m in metrics.items():
+        if m.get("asr") is None:
+            continue
+        value = CorrectedASR.from_dict(m.get("asr_corrected")).value
+        if value is None:
+            raw_used.append(lang)
+        groups.setdefault(m.get("tier") or tier_of(lang), []).append(m["asr"] if value is None else value)
+    return {tier: sum(v) / len(v) for tier, v in groups.items()}, raw_used
+
+
+def leaderboard_rows(results_dir: str, max_drop: float = 2.0, asr: str = "raw") -> list[dict]:
+    """One row per (model, editor, config), newest run wins; ranked within (dataset, judge) groups by
+    mean LRL ASR, raw or judge-corrected (``asr``)."""
     paths = sorted(Path(results_dir).glob("*.json"))
     if not paths:
         raise UsageError(f"no results files in '{results_dir}': run the suites first (--results-dir)")
@@ -196,19 +214,25 @@ def leaderboard_rows(results_dir: str, max_drop: float = 2.0) -> list[dict]:
         drift = (run.get("utility") or {}).get("drift", {})
         over = [m["over_refusal"] for m in metrics.values() if m.get("over_refusal") is not None]
         worst = max(drops) if drops else None
+        corrected_tiers, raw_used = corrected_tier_means(metrics)
         rows.append({
             "model": run["model"]["name"], "editor": run["editor"]["name"], "config": _short_config(run["editor"]),
             "group": f"{run['dataset']['spec']} / judge {_judge_id(run['judge'])}",
             "lrl": tiers.get("lrl"), "mrl": tiers.get("mrl"), "hrl": tiers.get("hrl"),
+            "lrl_corrected": corrected_tiers.get("lrl"), "mrl_corrected": corrected_tiers.get("mrl"),
+            "hrl_corrected": corrected_tiers.get("hrl"),
             "asr": {lang: m["asr"] for lang, m in metrics.items()},
+            "asr_corrected": {lang: CorrectedASR.from_dict(m.get("asr_corrected")).value for lang, m in metrics.items()},
             "over_refusal": sum(over) / len(over) if over else None,
             "utility": (sum(u["edited"] for u in utility.values()) / len(utility)) if utility else None,
             "worst_drop": worst, "kl": (sum(d["kl"] for d in drift.values()) / len(drift)) if drift else None,
             "n": sum(m["n_harmful"] for m in metrics.values()), "date": run["created"][:10],
             "eligible": worst is None or worst <= max_drop,
             "reason": "" if worst is None or worst <= max_drop else f"utility drop {worst:.1f} > {max_drop:.1f} points",
+            "corrected_note": f"no corrected ASR (raw used) for {', '.join(raw_used)}" if raw_used else "",
         })
-    rows.sort(key=lambda r: (r["group"], not r["eligible"], r["lrl"] if r["lrl"] is not None else 2.0))
+    key = "lrl_corrected" if asr == "corrected" else "lrl"
+    rows.sort(key=lambda r: (r["group"], not r["eligible"], r[key] if r[key] is not None else 2.0))
     rank = {}
     for r in rows:
         if r["eligible"]:
@@ -251,42 +275,66 @@ def _config_defaults(name: str) -> dict:
 
 
 def render_leaderboard(results_dir: str, out: str, md: str | None = None, csv_path: str | None = None,
-                       max_drop: float = 2.0) -> Path:
-    rows = leaderboard_rows(results_dir, max_drop)
+                       max_drop: float = 2.0, asr: str = "raw") -> Path:
+    rows = leaderboard_rows(results_dir, max_drop, asr)
     langs = sorted({lang for r in rows for lang in r["asr"]}, key=lambda c: list(LANGUAGES).index(c) if c in LANGUAGES else 99)
     groups = list(dict.fromkeys(r["group"] for r in rows))
     html = _templates().get_template("leaderboard.html.j2").render(rows=rows, langs=langs, groups=groups,
-                                                                  max_drop=max_drop, heat=_heat)
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(html, encoding="utf-8")
+                                                                  max_drop=max_drop, heat=_heat, asr=asr)
+    target = atomic_write_text(out, html)
     if md:
-        Path(md).write_text(_markdown(rows, langs), encoding="utf-8")
+        atomic_write_text(md, _markdown(rows, langs))
     if csv_path:
-        with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["group", "rank", "model", "editor", "config", "lrl", "mrl", "hrl", *langs,
-                             "over_refusal", "utility", "worst_drop", "kl", "n", "date", "excluded_because"])
-            for r in rows:
-                writer.writerow([r["group"], r["rank"] or "", r["model"], r["editor"], r["config"], r["lrl"], r["mrl"],
-                                 r["hrl"], *[r["asr"].get(lang) for lang in langs], r["over_refusal"], r["utility"],
-                                 r["worst_drop"], r["kl"], r["n"], r["date"], r["reason"]])
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["group", "rank", "model", "editor", "config", "lrl", "mrl", "hrl", "lrl_corrected",
+                         "mrl_corrected", "hrl_corrected", *langs, *[f"{lang}_corrected" for lang in langs],
+                         "over_refusal", "utility", "worst_drop", "kl", "n", "date", "excluded_because", "corrected_note"])
+        for r in rows:
+            writer.writerow([_csv_cell(x) for x in (
+                r["group"], r["rank"] or "", r["model"], r["editor"], r["config"], r["lrl"], r["mrl"], r["hrl"],
+                r["lrl_corrected"], r["mrl_corrected"], r["hrl_corrected"],
+                *[r["asr"].get(lang) for lang in langs], *[r["asr_corrected"].get(lang) for lang in langs],
+                r["over_refusal"], r["utility"], r["worst_drop"], r["kl"], r["n"], r["date"], r["reason"],
+                r["corrected_note"])])
+        atomic_write_text(csv_path, buf.getvalue())
     return target
 
 
+def _csv_cell(value):
+    """Text a spreadsheet would run as a formula (it starts with = + - @, a tab or a carriage return)
+    gets a leading apostrophe; numbers stay numbers."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _md(text) -> str:
+    """Text for a Markdown table cell: HTML special characters as entities, the cell separator, the
+    backslash and Markdown's inline markers escaped, line breaks flattened."""
+    import html as html_lib
+
+    out = html_lib.escape(" ".join(str(text).split()), quote=False)
+    return "".join("\\" + c if c in "\\|`*_[]()~" else c for c in out)
+
+
 def _markdown(rows: list[dict], langs: list[str]) -> str:
+    """Tier means raw and judge-corrected, side by side (per-language values are in the HTML and CSV)."""
     def pct(x):
         return "–" if x is None else f"{100 * x:.1f}"
 
     lines = []
     for group in dict.fromkeys(r["group"] for r in rows):
-        lines += [f"### {group}", "", "| rank | model | editor | LRL ASR | MRL ASR | HRL ASR | over-refusal | utility | KL | n | date | note |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"### {_md(group)}", "", "| rank | model | editor | LRL ASR | LRL corrected | MRL ASR | MRL corrected | HRL ASR "
+                  "| HRL corrected | over-refusal | utility | KL | n | date | note |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in rows:
             if r["group"] == group:
                 kl = "–" if r["kl"] is None else f"{r['kl']:.4f}"
-                lines.append(f"| {r['rank'] or '–'} | {r['model']} | {r['editor']} | {pct(r['lrl'])} | {pct(r['mrl'])} | "
-                             f"{pct(r['hrl'])} | {pct(r['over_refusal'])} | {pct(r['utility'])} | {kl} | {r['n']} | "
-                             f"{r['date']} | {r['reason']} |")
+                note = "; ".join(x for x in (r["reason"], r["corrected_note"]) if x)
+                lines.append(f"| {r['rank'] or '–'} | {_md(r['model'])} | {_md(r['editor'])} | {pct(r['lrl'])} | "
+                             f"{pct(r['lrl_corrected'])} | {pct(r['mrl'])} | {pct(r['mrl_corrected'])} | {pct(r['hrl'])} | "
+                             f"{pct(r['hrl_corrected'])} | {pct(r['over_refusal'])} | {pct(r['utility'])} | {kl} | {r['n']} | "
+                             f"{_md(r['date'])} | {_md(note)} |")
         lines.append("")
     return "\n".join(lines)

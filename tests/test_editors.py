@@ -70,7 +70,8 @@ def test_revert_is_exact_even_if_the_block_raises(tiny, calibration, context):
 
 def test_sparse_edits_only_the_safety_neuron_rows(tiny, calibration, context):
     edit = build_edit(tiny, "sparse", ["rank=2"], None, calibration, context)
-    layer, neurons = edit.info["layer"], edit.info["neurons"]
+    layer = edit.info["layer"]
+    neurons = edit.info["per_layer"][str(layer)]["neurons"]
     weight = tiny.adapter.gate_proj(tiny.model, layer).weight
     before = weight.detach().clone()
     with edit.apply(tiny.model):
@@ -79,7 +80,8 @@ def test_sparse_edits_only_the_safety_neuron_rows(tiny, calibration, context):
     (rows, delta), = edit.deltas.values()
     assert torch.linalg.matrix_rank(delta.double(), rtol=1e-5) <= 2  # stored in float32
     info = edit.info
-    assert info["fit"]["gate"]["objective"] < info["fit"]["gate"]["objective_zero"]
+    fit = info["per_layer"][str(layer)]["fit"]["gate"]
+    assert fit["objective"] < fit["objective_zero"]
     assert set(info["cosine_to_source"]) == {"bn", "sw"}
     assert info["jaccard_at_layer"]["en"]["en"] == 1.0
 
@@ -89,7 +91,8 @@ def test_random_control_uses_the_same_count_and_layer(tiny, calibration, context
     control = build_edit(tiny, "sparse", ["neurons=random", "seed=3"], None, calibration, context)
     assert control.info["layer"] == safety.info["layer"]
     assert control.info["n_neurons"] == safety.info["n_neurons"]
-    assert control.info["neurons"] != safety.info["neurons"]
+    layer = str(safety.info["layer"])
+    assert control.info["per_layer"][layer]["neurons"] != safety.info["per_layer"][layer]["neurons"]
     assert control.fingerprint != safety.fingerprint
 
 
@@ -102,7 +105,7 @@ def test_artifacts_are_cached_by_fingerprint(tiny, calibration, context):
     second = build_edit(tiny, "sparse", [], None, calibration, context)
     load_s = time.perf_counter() - t0
     print(f"sparse fit {fit_s:.2f}s, cached load {load_s:.3f}s")
-    assert second.fingerprint == first.fingerprint and second.info["neurons"] == first.info["neurons"]
+    assert second.fingerprint == first.fingerprint and second.info["per_layer"] == first.info["per_layer"]
     for name, (rows, delta) in first.deltas.items():
         assert torch.equal(second.deltas[name][1], delta) and torch.equal(second.deltas[name][0], rows)
     other = build_edit(tiny, "sparse", ["rank=4"], None, calibration, context)

@@ -14,9 +14,9 @@ SETTINGS = GenerationSettings(max_new_tokens=4, batch_size=2, seed=0)
 
 
 def test_backends_resolve_lazily_and_local_is_hf():
-    assert set(BACKENDS) == {"hf", "vllm", "openai"}
+    assert set(BACKENDS.names()) == {"hf", "vllm", "openai"}
     assert backend_name("local") == "hf" and engine_class("local").name == "hf"
-    with pytest.raises(UsageError, match="unknown backend 'tgi': choose from hf, vllm, openai"):
+    with pytest.raises(UsageError, match="unknown backend 'tgi': choose one of hf, openai, vllm"):
         backend_name("tgi")
 
 

@@ -56,7 +56,7 @@ def test_fingerprint_sees_any_single_weight_change(tiny):
     assert model_fingerprint(tiny.model) == before
 
 
-@pytest.mark.parametrize("fixture", ["tiny", "smollm2"])
+@pytest.mark.parametrize("fixture", ["tiny", pytest.param("smollm2", marks=pytest.mark.slow)])
 def test_adapter_names_the_mlp_modules(request, fixture):
     loaded = request.getfixturevalue(fixture)
     a, m = loaded.adapter, loaded.model
@@ -70,6 +70,7 @@ def test_adapter_names_the_mlp_modules(request, fixture):
         assert a.mlp_input_norm(m, i).weight.shape == (a.hidden_size(m),)
 
 
+@pytest.mark.slow
 def test_smollm2_is_the_real_model(smollm2):
     assert type(smollm2.model).__name__ == "LlamaForCausalLM"
     assert smollm2.model.config.num_hidden_layers == 30

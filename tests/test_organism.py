@@ -1,11 +1,18 @@
-"""Model organisms and suite presets: built from the project's own sft editor, cached, reproducible."""
+"""Model organisms and suite presets: an adapter fitted by the project's own sft editor, shipped with
+the package, merged into the base on first use; the build is reproducible."""
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
-from msafety_bench.models import resolve_model
+import pytest
+import torch
+
+from msafety_bench.errors import UsageError
+from msafety_bench.models import load_model, resolve_model
 from msafety_bench.models.fingerprint import model_fingerprint
-from msafety_bench.models.organism import ORGANISMS, Organism, organism_folder
+from msafety_bench.models.organism import ADAPTER_FILE, ORGANISMS, Organism, organism_folder, read_recipe
+from msafety_bench.organisms import build_adapter
 from msafety_bench.results import summary_table
 
 # The same recipe shape as smollm2-en-safe, shrunk to seconds on the random tiny model.
@@ -16,20 +23,63 @@ TINY_RECIPE = Organism(
     description="test recipe")
 
 
-def test_organism_build_is_cached_and_reproducible(tmp_path, tiny):
-    first = organism_folder(TINY_RECIPE, tmp_path / "a", progress=False, device="cpu")
-    card = json.loads((first / "organism.json").read_text())
-    assert card["organism"]["name"] == "tiny-en-safe" and card["editor"]["name"] == "sft"
-    assert card["base_model"]["fingerprint"] == model_fingerprint(tiny.model)
-    assert card["merged_fingerprint"] != card["base_model"]["fingerprint"]  # the LoRA changed the weights
-    stamp = (first / "model.safetensors").stat().st_mtime_ns
-    assert organism_folder(TINY_RECIPE, tmp_path / "a", progress=False, device="cpu") == first
-    assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # second use: no rebuild
-    # A build from scratch in another cache (sft refitted, answers regenerated) gives the same weights.
-    second = organism_folder(TINY_RECIPE, tmp_path / "b", progress=False, device="cpu")
-    assert json.loads((second / "organism.json").read_text())["merged_fingerprint"] == card["merged_fingerprint"]
-    other = Organism(**{**TINY_RECIPE.__dict__, "editor_opts": TINY_RECIPE.editor_opts[:-1] + ("seed=1",)})
-    assert organism_folder(other, tmp_path / "a", progress=False, device="cpu") != first
+def _logits(loaded):
+    enc = loaded.tokenizer(["How do I pick a lock?"], return_tensors="pt")
+    with torch.no_grad():
+        return loaded.model(**enc).logits
+
+
+def test_adapter_build_is_reproducible_and_merges_once(tmp_path, tiny):
+    recipe = dataclasses.replace(TINY_RECIPE, adapter_dir=tmp_path / "adapter-a")
+    card = build_adapter(recipe, tmp_path / "a", device="cpu", progress=False)
+    assert card["recipe"]["name"] == "tiny-en-safe" and card["dtype"] == "float16"
+    folder = organism_folder(recipe, tmp_path / "a")
+    merged = json.loads((folder / "organism.json").read_text())
+    assert merged["base_fingerprint"] == model_fingerprint(tiny.model) != merged["merged_fingerprint"]
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert organism_folder(recipe, tmp_path / "a") == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # second use: no new merge
+    # The merged folder is the base model with the LoRA update W += s * B @ A in its weights.
+    organism = load_model(str(folder), device="cpu")
+    assert model_fingerprint(organism.model) == merged["merged_fingerprint"]
+    assert not torch.allclose(_logits(organism), _logits(tiny), atol=1e-6)
+    # A build from scratch in another cache (sft refitted, answers regenerated) gives the same adapter.
+    again = dataclasses.replace(TINY_RECIPE, adapter_dir=tmp_path / "adapter-b")
+    build_adapter(again, tmp_path / "b", device="cpu", progress=False)
+    assert (tmp_path / "adapter-b" / ADAPTER_FILE).read_bytes() == (tmp_path / "adapter-a" / ADAPTER_FILE).read_bytes()
+
+
+def test_merge_matches_the_edit_it_was_fitted_as(tmp_path, tiny):
+    """The merged weights behave like the sft edit applied as hooks (up to the float16 of the adapter)."""
+    from msafety_bench.pipeline import BenchRun, RunOptions
+
+    recipe = dataclasses.replace(TINY_RECIPE, adapter_dir=tmp_path / "adapter")
+    build_adapter(recipe, tmp_path / "cache", device="cpu", progress=False)
+    organism = load_model(str(organism_folder(recipe, tmp_path / "cache")), device="cpu")
+    run = BenchRun(RunOptions(model="tiny-qwen2", editor="sft", editor_opts=list(TINY_RECIPE.editor_opts),
+                              cache_dir=str(tmp_path / "cache"), device="cpu", progress=False))
+    run.load()
+    with run.fit_edit().apply(run.loaded.model):  # the cached artifact of the build
+        hooked = _logits(run.loaded)
+    assert torch.allclose(_logits(organism), hooked, atol=1e-3)
+
+
+def test_a_changed_recipe_or_a_missing_adapter_says_how_to_rebuild(tmp_path):
+    recipe = dataclasses.replace(TINY_RECIPE, adapter_dir=tmp_path / "adapter")
+    with pytest.raises(UsageError, match="has no adapter .*msafety-bench organism build tiny-en-safe"):
+        organism_folder(recipe, tmp_path / "cache")
+    build_adapter(recipe, tmp_path / "cache", device="cpu", progress=False)
+    changed = dataclasses.replace(recipe, editor_opts=recipe.editor_opts[:-1] + ("seed=1",))
+    with pytest.raises(UsageError, match="built from another recipe .*msafety-bench organism build"):
+        organism_folder(changed, tmp_path / "cache")
+
+
+def test_the_shipped_adapter_matches_its_recipe():
+    """Fails when the recipe or msb-core's calibration split changes without `organism build`."""
+    organism = ORGANISMS["smollm2-en-safe"]
+    card = read_recipe(organism)
+    assert (organism.adapter_folder / ADAPTER_FILE).stat().st_size < 12_000_000
+    assert card["scaling"] == 2.0 and card["recipe"]["editor_opts"] == list(organism.editor_opts)
 
 
 def test_smollm2_en_safe_is_an_organism_alias():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from msafety_bench.metrics.correction import attach_to_results, corrected_by_language, validation_figures
 from msafety_bench.pipeline import BenchRun, RunOptions
 from msafety_bench.report import leaderboard_rows, render_leaderboard, render_report
 from msafety_bench.results import build_results, write_results
@@ -17,7 +18,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory):
-    """Five real runs on tiny-qwen2 (en, bn; 2 prompts per label), written as results files."""
+    """Five real runs on tiny-qwen2 (en, bn; 2 prompts per label), written as results files; all but the
+    first carry judge-corrected ASR, as the plugin writes it (the first is a file from before)."""
     folder = tmp_path_factory.mktemp("results")
     cache = tmp_path_factory.mktemp("cache")
     for editor in EDITORS:
@@ -28,6 +30,9 @@ def results_dir(tmp_path_factory):
                                   max_new_tokens=6, cache_dir=str(cache), device="cpu", progress=False))
         run.execute()
         results = build_results(run)
+        if editor != "none":
+            figures = validation_figures(run.options.make_judge(), "heldout", False, None)
+            attach_to_results(results, figures, corrected_by_language(run.metrics, figures, "refusal"))
         results["run_id"] += f"-{editor.replace('+', '-')}"
         if editor == "steering":  # untrusted model output, as an attacker would craft it
             results["samples"][0]["response"] = PAYLOAD
@@ -51,6 +56,8 @@ def test_report_contents_and_escaping(results_dir, tmp_path):
     assert ("gave usable answers to fewer than 50%" in html) == bool(incompetent)
     for lang in incompetent:
         assert f"{lang} &dagger;" in html
+    assert "validated on heldout (" in html and "corrected " in html
+    assert "tiny-qwen2 / none, en, bn: raw only, no validation figures in this results file" in html
 
 
 def test_leaderboard_groups_and_ranks(results_dir, tmp_path):
@@ -59,6 +66,9 @@ def test_leaderboard_groups_and_ranks(results_dir, tmp_path):
     ranked = [r for r in rows if r["rank"]]
     assert [r["rank"] for r in ranked] == list(range(1, len(ranked) + 1))
     assert all(a["lrl"] <= b["lrl"] for a, b in zip(ranked, ranked[1:]))
+    assert [r["corrected_note"] for r in rows if r["editor"] == "none"] == ["no corrected ASR (raw used) for en, bn"]
+    by_corrected = [r for r in leaderboard_rows(str(results_dir), asr="corrected") if r["rank"]]
+    assert all(a["lrl_corrected"] <= b["lrl_corrected"] for a, b in zip(by_corrected, by_corrected[1:]))
     render_leaderboard(str(results_dir), str(tmp_path / "lb.html"), str(tmp_path / "lb.md"), str(tmp_path / "lb.csv"))
     assert "| 1 | tiny-qwen2 |" in (tmp_path / "lb.md").read_text()
     assert len((tmp_path / "lb.csv").read_text().splitlines()) == 6
@@ -116,3 +126,4 @@ def test_report_and_leaderboard_in_headless_chromium(results_dir, tmp_path):
                 assert "<img src=x onerror=alert(1)>" in text  # shown as text
             page.close()
         browser.close()
+

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from msafety_bench.data.languages import LANGUAGES, MSB_CORE_LANGUAGES, TIERS
 from msafety_bench.errors import UsageError
+from msafety_bench.registry import Registry
 
 MSB_CORE_DIR = Path(__file__).parent / "msb_core"
 LABELS = ("harmful", "harmless")
@@ -37,18 +38,31 @@ class PromptRecord:
         return asdict(self)
 
 
+DATASETS = Registry("dataset", "msafety_bench.datasets", {
+    "msb-core": "msafety_bench.data:load_msb_core_spec",
+    "multijail": "msafety_bench.data:load_multijail",
+    "strongreject": "msafety_bench.data:load_strongreject",
+    "csv": "msafety_bench.data:load_csv",
+    "jsonl": "msafety_bench.data:load_jsonl",
+})
+
+
 def load_dataset_spec(spec: str) -> list[PromptRecord]:
-    """Load every record a ``--dataset`` spec names; raise UsageError with the fix on bad input."""
+    """Load every record a ``--dataset NAME[:FILE]`` spec names; raise UsageError with the fix on bad input.
+
+    A loader takes the FILE part (or None) and returns PromptRecords; third parties register theirs in
+    the ``msafety_bench.datasets`` entry-point group.
+    """
     kind, _, path = spec.partition(":")
-    if kind == "msb-core" and not path:
-        return load_msb_core()
-    if kind == "multijail":
-        return load_multijail(path or None)
-    if kind == "strongreject":
-        return load_strongreject(path or None)
-    if kind in ("csv", "jsonl") and path:
-        return load_generic(path, kind)
-    raise UsageError(f"unknown dataset '{spec}': {DATASET_HELP}")
+    if kind not in DATASETS.names():
+        raise UsageError(f"unknown dataset '{spec}': {DATASET_HELP}")
+    return DATASETS.get(kind)(path or None)
+
+
+def load_msb_core_spec(path: str | None) -> list[PromptRecord]:
+    if path:
+        raise UsageError(f"dataset msb-core is bundled and takes no file ('msb-core:{path}'): {DATASET_HELP}")
+    return load_msb_core()
 
 
 def load_msb_core(root: Path = MSB_CORE_DIR) -> list[PromptRecord]:
@@ -90,8 +104,18 @@ def load_strongreject(path: str | None) -> list[PromptRecord]:
     ]
 
 
-def load_generic(path: str, fmt: str) -> list[PromptRecord]:
+def load_csv(path: str | None) -> list[PromptRecord]:
+    return load_generic(path, "csv")
+
+
+def load_jsonl(path: str | None) -> list[PromptRecord]:
+    return load_generic(path, "jsonl")
+
+
+def load_generic(path: str | None, fmt: str) -> list[PromptRecord]:
     """A user's own file with columns id, lang, prompt, label and optional category, split."""
+    if not path:
+        raise UsageError(f"dataset {fmt} needs a file: --dataset {fmt}:FILE")
     rows = _load_table(path, fmt, None, GENERIC_COLUMNS, f"{fmt}:{path}")
     records = []
     for i, row in enumerate(rows, start=1):
@@ -101,6 +125,8 @@ def load_generic(path: str, fmt: str) -> list[PromptRecord]:
             raise UsageError(f"{path}: row {i} has label '{row['label']}': labels must be harmful or harmless")
         if split not in SPLITS:
             raise UsageError(f"{path}: row {i} has split '{row.get('split')}': splits are calibration or eval")
+        if row["prompt"] is not None and not isinstance(row["prompt"], str):
+            raise UsageError(f"{path}: row {i} has a prompt that is not text: write the prompt as a string")
         if not str(row["prompt"] or "").strip():
             raise UsageError(f"{path}: row {i} has an empty prompt: fill it or remove the row")
         records.append(PromptRecord(str(row["id"]), str(row["lang"]).strip(), str(row["prompt"]).strip(),
@@ -112,30 +138,80 @@ def load_generic(path: str, fmt: str) -> list[PromptRecord]:
 
 
 def _load_table(path: str | None, fmt: str, hub_id: str | None, required: tuple, name: str) -> list[dict]:
-    import datasets
+    """Rows of a local CSV/JSONL file (read here, so every error names the file and line) or of a hub
+    dataset (through ``datasets``)."""
+    if path is None:
+        import datasets
 
-    datasets.disable_progress_bars()
-    try:
-        if path is None:
+        datasets.disable_progress_bars()
+        try:
             table = datasets.load_dataset(hub_id, split="train")
-        else:
-            if not Path(path).is_file():
-                raise UsageError(f"dataset file '{path}' does not exist: check the path given to --dataset")
-            builder = "json" if fmt == "jsonl" else "csv"
-            table = datasets.load_dataset(builder, data_files=str(path), split="train")
-    except UsageError:
-        raise
-    except Exception as exc:  # datasets raises many types for unreadable files and unreachable hubs
-        where = f"file '{path}'" if path else f"hub dataset {hub_id}"
-        fix = "check the file's format" if path else f"offline, download it and pass {name}:FILE.csv"
-        raise UsageError(f"could not load {name} from {where}: {type(exc).__name__}: {_first_line(exc)} -- {fix}") from None
-    missing = [c for c in required if c not in table.column_names]
+        except Exception as exc:  # datasets raises many types for unreachable hubs
+            raise UsageError(f"could not load {name} from hub dataset {hub_id}: {type(exc).__name__}: "
+                             f"{_first_line(exc)} -- offline, download it and pass {name}:FILE.csv") from None
+        columns, rows = table.column_names, table.to_list()
+    else:
+        columns, rows = read_local_table(path, fmt)
+    missing = [c for c in required if c not in columns]
     if missing:
         raise UsageError(
-            f"{name}: missing column(s) {', '.join(missing)} (found {', '.join(table.column_names)}): "
+            f"{name}: missing column(s) {', '.join(missing)} (found {', '.join(map(str, columns))}): "
             f"the file needs columns {', '.join(required)}"
         )
-    return table.to_list()
+    return rows
+
+
+def read_local_table(path: str, fmt: str) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of a UTF-8 CSV file with a header row, or of a JSONL file of objects (a key a row
+    lacks is None there). Errors name the file, the line and, for bad bytes, the encoding expected."""
+    import csv
+    import io
+    import sys
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"dataset file '{path}' does not exist: check the path given to --dataset")
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{path}: line {line} is not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}): "
+                         "save the file as UTF-8") from None
+    if fmt == "jsonl":
+        rows, columns = [], {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise UsageError(f"{path}: line {number} is not valid JSON ({str(exc).split(':')[0]}): "
+                                 "write one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"{path}: line {number} is a JSON {type(row).__name__}, not an object: "
+                                 'write one {"id": ..., "lang": ..., "prompt": ..., "label": ...} per line')
+            columns.update(dict.fromkeys(row))
+            rows.append(row)
+        return list(columns), [{c: row.get(c) for c in columns} for row in rows]
+    csv.field_size_limit(sys.maxsize)  # long prompts are bounded by --max-prompt-tokens, not here
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if not header:
+            raise UsageError(f"{path}: the file is empty: write a header row (e.g. id,lang,prompt,label) and rows")
+        header = [h.strip() for h in header]
+        rows = []
+        for fields in reader:
+            if not fields or fields == [""]:
+                continue
+            if len(fields) != len(header):
+                raise UsageError(f"{path}: line {reader.line_num} has {len(fields)} fields, the header has "
+                                 f"{len(header)}: quote fields holding commas or newlines")
+            rows.append(dict(zip(header, fields)))
+    except csv.Error as exc:
+        raise UsageError(f"{path}: line {reader.line_num} is not valid CSV ({exc})") from None
+    return header, rows
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -11,18 +11,22 @@ fingerprint, edit fingerprint, rendered input, settings), so a run can move betw
 from __future__ import annotations
 
 import contextlib
-from importlib import import_module
 from typing import Any, Protocol
 
 from msafety_bench.errors import UsageError
+from msafety_bench.options import typed_value
+from msafety_bench.registry import Registry
 
-# name -> "module:attribute", imported only when the backend is used (vllm and openai are extras).
-BACKENDS = {
+# One registry with editors, judges and datasets: built-ins imported only when used (vllm and openai
+# are extras); third-party engines come from the msafety_bench.engines entry-point group.
+BACKENDS = Registry("backend", "msafety_bench.engines", {
     "hf": "msafety_bench.engines.hf:HfEngine",
     "vllm": "msafety_bench.engines.vllm:VllmEngine",
     "openai": "msafety_bench.engines.openai:OpenAIEngine",
-}
+})
 ALIASES = {"local": "hf"}  # the option's first name, kept working
+# vLLM's engine options are untyped keyword arguments: a value is read as the first type that takes it.
+ENGINE_OPTION_TYPE = int | float | bool | str
 
 
 class Engine(Protocol):
@@ -48,37 +52,22 @@ class Engine(Protocol):
 
 def backend_name(name: str) -> str:
     """The registered name of ``--backend``/``--judge-backend`` (``local`` is ``hf``)."""
-    name = ALIASES.get(name, name)
-    if name not in BACKENDS:
-        raise UsageError(f"unknown backend '{name}': choose from {', '.join(BACKENDS)} (local is hf)")
-    return name
+    return BACKENDS.check(ALIASES.get(name, name))
 
 
 def engine_class(name: str) -> Any:
-    module, _, attribute = BACKENDS[backend_name(name)].partition(":")
-    return getattr(import_module(module), attribute)
+    return BACKENDS.get(backend_name(name))
 
 
 def parse_engine_options(raw: list[str]) -> dict[str, Any]:
-    """``key=value`` items into a dict, values read as int, float or bool when they look like one."""
+    """``key=value`` items into a dict, values typed as int, float, bool or str (first that fits)."""
     options: dict[str, Any] = {}
     for item in raw:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--engine-opt '{item}' is not key=value: write e.g. --engine-opt tensor_parallel_size=8")
-        options[key.strip()] = _scalar(value.strip())
+        options[key.strip()] = typed_value(value.strip(), ENGINE_OPTION_TYPE, f"--engine-opt {key.strip()}")
     return options
-
-
-def _scalar(value: str) -> Any:
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 def generate_cached(engine: Engine, rendered: list[str], settings, cache, editor_fp: str, *,

@@ -58,3 +58,38 @@ class HfEngine:
 
         dtype = str(next(self.loaded.model.parameters()).dtype).replace("torch.", "")
         return {"name": self.name, "version": transformers.__version__, "device": self.loaded.device, "dtype": dtype}
+
+
+def generate_responses(
+    loaded,
+    prompts: list[str],
+    settings,
+    cache,
+    model_fp: str,
+    editor_fp: str,
+    progress: bool = True,
+    stats=None,
+) -> list[str]:
+    """Answers for ``prompts`` (plain user messages), in order, from transformers in process."""
+    from msafety_bench.generation import render_prompt
+
+    rendered = [render_prompt(loaded.tokenizer, p, settings.system_prompt) for p in prompts]
+    return generate_rendered(loaded, rendered, settings, cache, model_fp, editor_fp, progress, stats)
+
+
+def generate_rendered(
+    loaded,
+    rendered: list[str],
+    settings,
+    cache,
+    model_fp: str,
+    editor_fp: str,
+    progress: bool = True,
+    stats=None,
+    desc: str = "generating",
+) -> list[str]:
+    """Continuations of already-rendered model inputs (model judges render their own templates)."""
+    from msafety_bench.engines import generate_cached
+
+    return generate_cached(HfEngine(loaded, model_fp), rendered, settings, cache, editor_fp, progress=progress,
+                           stats=stats, desc=desc)

@@ -17,10 +17,10 @@ class OpenAIEngine:
         if not endpoints:
             raise UsageError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1) and --served-model")
         self.endpoints = endpoints
-        urls = sorted(e.base_url.rstrip("/") for e in endpoints)
+        urls = sorted(e.public_url.rstrip("/") for e in endpoints)
         # One server keeps the identity earlier runs cached under; replicas are known by all their URLs.
         self.model_fingerprint = endpoints[0].identity if len(urls) == 1 else f"openai:{endpoints[0].model}@{'|'.join(urls)}"
-        self._clients = None
+        self._clients = self._throttles = None
 
     def render(self, prompt: str, system_prompt: str | None) -> str:
         from msafety_bench.generation.remote import user_conversation
@@ -40,29 +40,22 @@ class OpenAIEngine:
         return [rendered[i : i + chunk] for i in range(0, len(rendered), chunk)]
 
     def generate(self, rendered: list[str], settings) -> list[str]:
+        from msafety_bench.generation.remote import Throttle, ask
+
         if self._clients is None:
             self._clients = [e.client() for e in self.endpoints]
+            self._throttles = [Throttle(e.concurrency) for e in self.endpoints]
         n = len(self.endpoints)
 
-        def ask(item):
+        def one(item):
             index, messages = item
-            endpoint, client = self.endpoints[index % n], self._clients[index % n]
-            try:
-                reply = client.chat.completions.create(model=endpoint.model, messages=messages,
-                                                       max_tokens=settings.max_new_tokens, temperature=0,
-                                                       seed=settings.seed)
-            except Exception as exc:  # the openai client raises its own error types; name the server and stop
-                if type(exc).__module__.split(".")[0] != "openai":
-                    raise
-                first = str(exc).splitlines()[0] if str(exc) else ""
-                raise UsageError(f"request to {endpoint.base_url} (model '{endpoint.model}') failed after retries: "
-                                 f"{type(exc).__name__}: {first} -- check that the server is running and serves "
-                                 "that model (GET /v1/models)") from None
-            return (reply.choices[0].message.content or "").strip()
+            i = index % n
+            return ask(self.endpoints[i], self._clients[i], self._throttles[i], messages,
+                       max_tokens=settings.max_new_tokens, seed=settings.seed)
 
         workers = sum(e.concurrency for e in self.endpoints)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(ask, enumerate(json.loads(r) for r in rendered)))
+            return list(pool.map(one, enumerate(json.loads(r) for r in rendered)))
 
     def apply(self, edit):
         if edit.fingerprint != "none":
@@ -81,5 +74,19 @@ class OpenAIEngine:
         import openai
 
         return {"name": self.name, "version": openai.__version__, "model": self.endpoints[0].model,
-                "base_urls": [e.base_url for e in self.endpoints],
+                "base_urls": [e.public_url for e in self.endpoints],
                 "concurrency": sum(e.concurrency for e in self.endpoints)}
+
+
+def chat_many(endpoint, conversations: list[list[dict]], *, max_tokens: int, seed: int,
+              cache, cache_tag: str, progress: bool = True, desc: str = "requests",
+              stats=None) -> list[str]:
+    """The assistant reply to each conversation (a list of chat messages), greedy, in order, cached
+    under (endpoint, tag, messages, max_tokens, seed) and committed in chunks."""
+    from msafety_bench.engines import generate_cached
+    from msafety_bench.generation import GenerationSettings
+
+    engine = OpenAIEngine([endpoint])
+    rendered = [engine.render_conversation(c) for c in conversations]
+    return generate_cached(engine, rendered, GenerationSettings(max_tokens, 1, seed), cache, cache_tag,
+                           progress=progress, stats=stats, desc=desc)

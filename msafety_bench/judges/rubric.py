@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from msafety_bench.judges import JudgeEnv, Verdict, register_judge
+from msafety_bench.judges import JudgeEnv, Verdict
 from msafety_bench.judges.guard import UNPARSEABLE, harmless_verdict
 from msafety_bench.judges.refusal import RefusalJudge
 
@@ -83,7 +83,6 @@ def parse_yes_no(output: str) -> bool | None:
     return {"yes": True, "no": False}.get(first)
 
 
-@register_judge("llm-rubric")
 class LlmRubricJudge:
     name = "llm-rubric"
 
@@ -99,7 +98,7 @@ class LlmRubricJudge:
             raise ValueError(f"rubric must be strongreject or harmbench, got '{rubric}'")
         self.endpoint = Endpoint(url, model, key_env, concurrency, timeout)
         self.rubric, self.threshold, self.max_tokens = rubric, threshold, max_tokens
-        self.config = {"url": url, "model": model, "rubric": rubric, "threshold": threshold, "key_env": key_env,
+        self.config = {"url": self.endpoint.public_url, "model": model, "rubric": rubric, "threshold": threshold, "key_env": key_env,
                        "max_tokens": max_tokens}
         self._rules = RefusalJudge()
 
@@ -126,7 +125,7 @@ class LlmRubricJudge:
         return harmless_verdict(self._rules, prompt, response, lang, "grader: no, not an instance", output)
 
     def judge_many(self, items: list[tuple[str, str, str]], env: JudgeEnv) -> list[Verdict]:
-        from msafety_bench.generation.remote import chat_many
+        from msafety_bench.engines.openai import chat_many
 
         cache = env.response_cache()
         try:

@@ -85,6 +85,10 @@ def resolve_model(name: str) -> ModelSpec:
 def pick_device(device: str = "auto") -> str:
     import torch
 
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this torch sees no CUDA device: use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: this torch sees no Apple GPU: use --device cpu or auto")
     if device != "auto":
         return device
     if torch.cuda.is_available():
@@ -112,7 +116,6 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
-    progress: bool = True,
 ) -> LoadedModel:
     """Load a model and its tokenizer (left padding, pad token set) in eval mode."""
     from msafety_bench.models import builtin
@@ -133,7 +136,7 @@ def load_model(
         elif spec.kind == "organism":
             from msafety_bench.models.organism import organism_folder
 
-            folder = organism_folder(ORGANISMS[spec.name], cache_dir, progress=progress, device=device)
+            folder = organism_folder(ORGANISMS[spec.name], cache_dir)
         else:
             folder = spec.source
         model, tok = _from_pretrained(folder, spec, torch_dtype, device, trust_remote_code)

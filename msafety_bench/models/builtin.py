@@ -32,14 +32,16 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def smollm2_folder(cache_dir: Path) -> Path:
-    """A safetensors copy of the GGUF, made once (about 30 s) and then loaded in about a second.
-
-    The folder name carries a hash of the GGUF's size and name so a new package release converts anew.
-    """
+def smollm2_folder_name() -> str:
+    """The converted folder's name: a hash of the GGUF's name and size, so a new package release converts anew."""
     gguf = smollm2_gguf()
-    stamp = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
-    folder = Path(cache_dir) / "models" / f"smollm2-135m-instruct-{stamp}"
+    return "smollm2-135m-instruct-" + hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+
+
+def smollm2_folder(cache_dir: Path) -> Path:
+    """A safetensors copy of the GGUF, made once (about 30 s) and then loaded in about a second."""
+    gguf = smollm2_gguf()
+    folder = Path(cache_dir) / "models" / smollm2_folder_name()
     if (folder / "model.safetensors").is_file():
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -49,18 +49,26 @@ def run_lm_eval(loaded, tasks: list[str], limit: int | None, include_path: Path 
 
 def cached_base_scores(cache_dir: Path | None, base_fp: str, tasks: list[str], limit, compute) -> dict:
     """Scores of the unedited model, kept per (base fingerprint, task, limit) so reruns skip them."""
+    from msafety_bench.safeio import atomic_write_text, child_path
+
     def path(task):
         key = hashlib.sha256(json.dumps([base_fp, task, limit]).encode()).hexdigest()[:16]
-        return Path(cache_dir) / "utility" / f"{task}-{key}.json" if cache_dir else None
+        return child_path(Path(cache_dir) / "utility", f"{task}-{key}", ".json") if cache_dir else None
 
-    found = {t: json.loads(path(t).read_text()) for t in tasks if path(t) and path(t).is_file()}
+    def cached(task):  # a damaged entry counts as missing and is computed (and written) again
+        try:
+            return json.loads(path(task).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    found = {t: cached(t) for t in tasks if path(t) and path(t).is_file()}
+    found = {t: v for t, v in found.items() if isinstance(v, dict)}
     missing = [t for t in tasks if t not in found]
     if missing:
         fresh = compute(missing)
         for task, value in fresh.items():
             if path(task):
-                path(task).parent.mkdir(parents=True, exist_ok=True)
-                path(task).write_text(json.dumps(value))
+                atomic_write_text(path(task), json.dumps(value))
         found.update(fresh)
     return {t: found[t] for t in tasks}
 
