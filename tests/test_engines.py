@@ -84,3 +84,20 @@ def test_xdist_still_runs_other_tests(pytester):
     pytester.makepyfile(test_plain="def test_one():\n    assert 1\n\ndef test_two():\n    assert 2\n")
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_weights_travel_to_vllm_workers_bit_for_bit():
+    """The vLLM push sends (dtype, shape, bytes): every dtype an engine computes in comes back exact,
+    NaN payloads and negative zero included (a cast through float32 or a text form would not)."""
+    import torch
+
+    from msafety_bench.engines.vllm_worker import pack, unpack
+
+    base = torch.tensor([[0.0, -0.0, 1e-40, float("nan")], [3.5, -2.25, 1e30, float("-inf")]])
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        tensor = base.to(dtype)
+        dtype_name, shape, data = pack(tensor.T)  # a transposed (non-contiguous) view too
+        assert (dtype_name, shape) == (str(dtype).removeprefix("torch."), [4, 2]) and isinstance(data, bytes)
+        back = unpack(dtype_name, shape, data)
+        assert back.dtype == dtype
+        assert torch.equal(back.reshape(-1).view(torch.uint8), tensor.T.contiguous().reshape(-1).view(torch.uint8))

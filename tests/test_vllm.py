@@ -124,7 +124,7 @@ def test_c_revert_restores_the_engine(engines, sparse_edit, unedited):
 def test_d_hook_edit_is_refused_in_one_line(engines, smollm2):
     import torch
 
-    from editors.steering import SteeringConfig, SteeringEdit
+    from msafety_bench.editors.steering import SteeringConfig, SteeringEdit
     from msafety_bench.errors import UsageError
 
     _, vl = engines

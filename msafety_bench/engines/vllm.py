@@ -68,8 +68,11 @@ class VllmEngine:
         return [tok.decode(o.outputs[0].token_ids, skip_special_tokens=True).strip() for o in outputs]
 
     def _push(self, weights: list) -> None:
-        """Load (HF name, tensor) pairs into every worker."""
-        self.llm.collective_rpc("msb_load_weights", args=([(n, t.detach().cpu()) for n, t in weights],))
+        """Load (HF name, tensor) pairs into every worker. Tensors travel as (dtype, shape, raw bytes):
+        the engine's message encoding passes bytes through unchanged but not a tensor nested in a list."""
+        from msafety_bench.engines.vllm_worker import pack
+
+        self.llm.collective_rpc("msb_load_weights", args=([(n, *pack(t)) for n, t in weights],))
 
     def _digests(self, names: list[str]) -> list[dict]:
         return self.llm.collective_rpc("msb_digests", args=(names,))

@@ -5,16 +5,31 @@ from __future__ import annotations
 import hashlib
 
 
+def pack(tensor) -> tuple[str, list[int], bytes]:
+    """A tensor as (dtype name, shape, raw bytes), bit for bit (bfloat16 included)."""
+    import torch
+
+    t = tensor.detach().cpu().contiguous()
+    return str(t.dtype).removeprefix("torch."), list(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def unpack(dtype: str, shape: list[int], data: bytes):
+    import torch
+
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(getattr(torch, dtype)).reshape(shape)
+
+
 class WeightPush:
     def msb_packed_modules(self) -> dict[str, list[str]]:
         """The model's fused modules, e.g. gate_up_proj: [gate_proj, up_proj]."""
         return dict(getattr(self.model_runner.get_model(), "packed_modules_mapping", {}) or {})
 
     def msb_load_weights(self, weights: list) -> None:
-        """Load (Hugging Face name, tensor) pairs with vLLM's in-place reload: the model's own loader
-        shards and fuses them, and the platform's weight processing (e.g. the CPU's packed GEMM
-        weights) runs again for the layers written."""
-        self.model_runner.reload_weights(weights_iterator=iter(weights))
+        """Load (Hugging Face name, dtype, shape, bytes) items with vLLM's in-place reload: the model's
+        own loader shards and fuses them, and the platform's weight processing (e.g. the CPU's packed
+        GEMM weights) runs again for the layers written."""
+        tensors = [(name, unpack(dtype, shape, data)) for name, dtype, shape, data in weights]
+        self.model_runner.reload_weights(weights_iterator=iter(tensors))
 
     def msb_digests(self, hf_names: list[str]) -> dict[str, str]:
         """blake2b of the weight each named tensor's engine module computes with, read back through
