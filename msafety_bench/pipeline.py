@@ -17,6 +17,7 @@ from msafety_bench.data import (PromptRecord, dataset_languages, load_dataset_sp
                                 select_languages)
 from msafety_bench.errors import UsageError
 from msafety_bench.generation import GenerationSettings, GenerationStats
+from msafety_bench.generation.cache import ResponseCache
 from msafety_bench.paths import default_cache_dir
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -36,8 +37,10 @@ class RunOptions:
     judge_model: str | None = None
     judge_url: str | None = None
     judge_opts: list[str] = field(default_factory=list)
-    backend: str = "local"  # local (transformers) or openai (any OpenAI-compatible server)
-    base_url: str | None = None
+    judge_backend: str = "hf"  # model judges: hf, vllm or openai (with --judge-url)
+    backend: str = "hf"  # hf (transformers; "local" too), vllm, openai (msafety_bench.engines.BACKENDS)
+    engine_opts: list[str] = field(default_factory=list)  # --engine-opt key=value, passed to the engine
+    base_url: list[str] | str | None = None  # openai: one URL or several replicas
     served_model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 4
@@ -60,18 +63,22 @@ class RunOptions:
         from msafety_bench.editing import check_editor_options
         from msafety_bench.models import resolve_model
 
-        if self.backend == "openai":
-            self.endpoint()  # checks URL and served model name
+        from msafety_bench.engines import backend_name, parse_engine_options
+
+        backend = backend_name(self.backend)
+        parse_engine_options(self.engine_opts)
+        if self.engine_opts and backend != "vllm":
+            raise UsageError(f"--engine-opt is read by --backend vllm only, this run uses --backend {self.backend}")
+        if backend == "openai":
+            self.endpoints()  # checks URLs and served model name
             if self.editor != "none":
                 raise UsageError(
-                    f"--editor {self.editor} changes weights and needs a local model; with --backend openai only "
-                    f"--editor none runs. Write the edited model with `msafety-bench export --model M --editor "
-                    f"{self.editor} --out DIR`, serve DIR with your engine and point --base-url at it")
-        elif self.backend == "local":
+                    f"--editor {self.editor} changes weights and needs them here; with --backend openai only "
+                    f"--editor none runs. Use --backend vllm or hf, or write the edited model with `msafety-bench "
+                    f"export --model M --editor {self.editor} --out DIR`, serve DIR and point --base-url at it")
+        else:
             resolve_model(self.model)
             check_editor_options(self.editor, self.editor_opts, self.editor_config)
-        else:
-            raise UsageError(f"unknown --backend '{self.backend}': use local or openai")
         if self.dtype not in DTYPES:
             raise UsageError(f"unknown --dtype '{self.dtype}': use {', '.join(DTYPES)}")
         if not DEVICE.fullmatch(self.device):
@@ -92,17 +99,23 @@ class RunOptions:
     def cache_path(self) -> Path:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
-    def endpoint(self):
+    def endpoints(self) -> list:
+        """One endpoint per --base-url (replicas of the same served model)."""
         from msafety_bench.generation.remote import Endpoint
 
-        if not self.base_url or not self.served_model:
+        urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url or [])
+        if not urls or not self.served_model:
             raise UsageError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1) and --served-model")
-        return Endpoint(self.base_url, self.served_model, self.api_key_env, self.concurrency, self.request_timeout)
+        return [Endpoint(url, self.served_model, self.api_key_env, self.concurrency, self.request_timeout)
+                for url in urls]
 
     def make_judge(self):
         from msafety_bench.judges import get_judge, judge_options
 
-        return get_judge(self.judge, **judge_options(self.judge, self.judge_model, self.judge_url, self.judge_opts))
+        opts = list(self.judge_opts)
+        if self.judge_backend not in ("hf", "local"):
+            opts.append(f"backend={self.judge_backend}")
+        return get_judge(self.judge, **judge_options(self.judge, self.judge_model, self.judge_url, opts))
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(self.max_new_tokens, self.batch_size, self.seed, self.system_prompt)
@@ -200,15 +213,7 @@ class BenchRun:
         evals = self.eval_records()
         judge = opts.make_judge()
         timings: dict[str, float] = {}
-        guard = None
-        if opts.backend == "openai":
-            responses, model_meta, editor_meta = self._generate_remote(evals, timings)
-        else:
-            t0 = time.time()
-            self.load()
-            timings["model_load"] = time.time() - t0
-            evals, guard = self._drop_overlong(evals)
-            responses, model_meta, editor_meta = self._generate_local(evals, timings)
+        responses, model_meta, editor_meta, engine_meta, evals, guard = self._generate(evals, timings)
         t0 = time.time()
         env = JudgeEnv(None if opts.no_cache else opts.cache_path, opts.device, opts.progress)
         verdicts = judge_all(judge, [(r.prompt, resp, r.lang) for r, resp in zip(evals, responses)], env)
@@ -218,7 +223,8 @@ class BenchRun:
         self.metrics = language_metrics(self.samples)
         timings.update(judging=time.time() - t0, total=time.time() - started)
         self.meta = {
-            "backend": opts.backend,
+            "backend": engine_meta["name"],
+            "engine": engine_meta,
             "model": model_meta,
             "editor": editor_meta,
             "judge": {"name": judge.name, "config": judge.config,
@@ -230,29 +236,18 @@ class BenchRun:
             raise RuntimeError(f"editor {opts.editor} did not restore the model's weights on exit")
         self.executed = True
 
-    def _generate_local(self, evals, timings):
-        from msafety_bench.generation import generate_responses
-        from msafety_bench.models.fingerprint import model_fingerprint
+    def make_engine(self):
+        """The engine the run generates with; weight-holding engines load the model first."""
+        from msafety_bench.engines import backend_name, engine_class, parse_engine_options
 
         opts = self.options
-        t0 = time.time()
-        self.fit_edit()
-        timings["editor_fit"] = time.time() - t0
-        cache = self.fit_context().response_cache()
-        t0 = time.time()
-        try:
-            with self.edit.apply(self.loaded.model):
-                responses = generate_responses(
-                    self.loaded, [r.prompt for r in evals], opts.generation_settings(), cache,
-                    self.base_fingerprint, self.edit.fingerprint, progress=opts.progress, stats=self.stats)
-        finally:
-            cache.close()
-        timings["generation"] = time.time() - t0
-        restored = model_fingerprint(self.loaded.model) == self.base_fingerprint
-        model_meta = {"name": opts.model, "kind": self.loaded.spec.kind, "source": self.loaded.spec.source,
-                      "family": self.loaded.family, "fingerprint": self.base_fingerprint, "device": self.loaded.device,
-                      "dtype": str(next(self.loaded.model.parameters()).dtype).replace("torch.", "")}
-        return responses, model_meta, {**self.edit.describe(), "weights_restored_after_run": restored}
+        name = backend_name(opts.backend)
+        if name == "openai":
+            return engine_class(name)(opts.endpoints())
+        self.load()
+        if name == "hf":
+            return engine_class(name)(self.loaded, self.base_fingerprint)
+        return engine_class(name)(self.loaded, self.base_fingerprint, parse_engine_options(opts.engine_opts), opts.seed)
 
     def prompt_token_limit(self) -> int | None:
         """``--max-prompt-tokens``, else the model's context length minus ``--max-new-tokens`` (None when
@@ -286,26 +281,48 @@ class BenchRun:
             (dropped if too_long else kept).append(rec)
         return kept, {"max_prompt_tokens": limit, "dropped": [{"id": r.id, "lang": r.lang} for r in dropped]}
 
-    def _generate_remote(self, evals, timings):
-        """The model under test behind an OpenAI-compatible server: no weights here, so no editor."""
-        from msafety_bench.generation.cache import ResponseCache
-        from msafety_bench.generation.remote import chat_many, user_conversation
+    def _generate(self, evals, timings):
+        """One path for every backend: engine, edit, cached generation inside the edit, revert check."""
+        from msafety_bench.editing import EditorConfig, NullEdit
+        from msafety_bench.engines import backend_name, generate_cached
 
         opts = self.options
-        endpoint = opts.endpoint()
-        cache = ResponseCache(None if opts.no_cache else opts.cache_path / "responses.sqlite")
+        t0 = time.time()
+        guard = None
+        if backend_name(opts.backend) != "openai":
+            self.load()
+            timings["model_load"] = time.time() - t0
+            evals, guard = self._drop_overlong(evals)
+        t0 = time.time()
+        engine = self.make_engine()
+        timings["engine_start"] = time.time() - t0
+        t0 = time.time()
+        self.edit = NullEdit("none", EditorConfig(), "none") if backend_name(opts.backend) == "openai" else self.fit_edit()
+        timings["editor_fit"] = time.time() - t0
+        cache = self.fit_context().response_cache() if self.loaded else ResponseCache(
+            None if opts.no_cache else opts.cache_path / "responses.sqlite")
+        settings = opts.generation_settings()
         t0 = time.time()
         try:
-            responses = chat_many(endpoint, [user_conversation(r.prompt, opts.system_prompt) for r in evals],
-                                  max_tokens=opts.max_new_tokens, seed=opts.seed, cache=cache, cache_tag="none",
-                                  progress=opts.progress, desc="requests", stats=self.stats)
+            with engine.apply(self.edit):
+                responses = generate_cached(engine, [engine.render(r.prompt, opts.system_prompt) for r in evals],
+                                            settings, cache, self.edit.fingerprint, progress=opts.progress,
+                                            stats=self.stats)
         finally:
             cache.close()
         timings["generation"] = time.time() - t0
-        model_meta = {"name": opts.served_model, "kind": "openai", "source": endpoint.public_url,
-                      "fingerprint": endpoint.identity,
-                      "concurrency": endpoint.concurrency}
-        return responses, model_meta, {"name": "none", "config": {}, "fingerprint": "none", "info": {}}
+        if self.loaded is not None:
+            model_meta = {"name": opts.model, "kind": self.loaded.spec.kind, "source": self.loaded.spec.source,
+                          "family": self.loaded.family, "fingerprint": self.base_fingerprint,
+                          "device": self.loaded.device,
+                          "dtype": str(next(self.loaded.model.parameters()).dtype).replace("torch.", "")}
+            editor_meta = {**self.edit.describe(), "weights_restored_after_run": engine.weights_restored()}
+        else:
+            endpoint = engine.endpoints[0]
+            model_meta = {"name": opts.served_model, "kind": "openai", "source": endpoint.public_url,
+                          "fingerprint": engine.model_fingerprint, "concurrency": endpoint.concurrency}
+            editor_meta = {"name": "none", "config": {}, "fingerprint": "none", "info": {}}
+        return responses, model_meta, editor_meta, engine.describe(), evals, guard
 
 
 def _round_robin(records: list[PromptRecord], limit: int | None) -> list[PromptRecord]:

@@ -48,8 +48,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--judge-model", default=None, help="model judges: size alias, hub id or folder; llm-rubric: served model")
     g.addoption("--judge-url", default=None, help="llm-rubric: OpenAI-compatible base URL of the grader")
     g.addoption("--judge-opt", action="append", default=[], metavar="KEY=VALUE", help="judge option, repeatable")
-    g.addoption("--backend", default="local", help="local (transformers, default) or openai (a served model)")
-    g.addoption("--base-url", default=None, help="--backend openai: server base URL, e.g. http://127.0.0.1:8000/v1")
+    g.addoption("--judge-backend", default="hf",
+                help="model judges (qwen3guard, llamaguard3): hf (default), vllm, or openai with --judge-url")
+    g.addoption("--backend", default="hf",
+                help="hf (transformers in process, default; 'local' too), vllm (vLLM's engine in process, edits "
+                     "pushed into it) or openai (served models)")
+    g.addoption("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
+                help="--backend vllm: engine option, repeatable (tensor_parallel_size=8, gpu_memory_utilization=0.9, "
+                     "max_model_len=4096, dtype=bfloat16, enforce_eager=true, ...)")
+    g.addoption("--base-url", action="append", default=[],
+                help="--backend openai: server base URL, e.g. http://127.0.0.1:8000/v1; repeat for replicas "
+                     "(requests are spread over them)")
     g.addoption("--served-model", default=None, help="--backend openai: the model name the server serves")
     g.addoption("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     g.addoption("--concurrency", type=int, default=4, help="parallel requests to a server (default 4)")
@@ -112,7 +121,8 @@ class MsbSession:
             model=opt("model"), editor=opt("editor"), editor_opts=list(opt("editor_opt")),
             editor_config=opt("editor_config"), dataset=opt("dataset"), languages=opt("languages"),
             limit=opt("limit"), judge=opt("judge"), judge_model=opt("judge_model"), judge_url=opt("judge_url"),
-            judge_opts=list(opt("judge_opt")), backend=opt("backend"), base_url=opt("base_url"),
+            judge_opts=list(opt("judge_opt")), judge_backend=opt("judge_backend"), backend=opt("backend"),
+            engine_opts=list(opt("engine_opt")), base_url=list(opt("base_url")),
             served_model=opt("served_model"), api_key_env=opt("api_key_env"), concurrency=opt("concurrency"),
             request_timeout=opt("request_timeout"), max_new_tokens=opt("max_new_tokens"),
             max_prompt_tokens=opt("max_prompt_tokens"),
@@ -293,7 +303,7 @@ class MsbSession:
                           "parsed (counted as invalid, not as unsafe)")
         if self.deselected_for_backend:
             tr.write_line(f"utility and drift tests deselected: --backend {run.options.backend} gives no access to "
-                          "the model's logits (run them on the exported model with --backend local)")
+                          "the model's logits (run them on the exported model with --backend hf)")
         if self.utility:
             tr.write_line("utility (score, unedited -> edited):")
             for task, u in self.utility.items():
@@ -383,12 +393,40 @@ class MsbSession:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "numprocesses", None) and _collects_suites(config):
+        raise pytest.UsageError(
+            "msafety-bench: the suites share one run (one model, one results file), so pytest-xdist workers would "
+            "each run the whole benchmark: drop -n (vLLM and batching already use the machine; --backend vllm "
+            "--engine-opt tensor_parallel_size=N spreads one run over N GPUs)")
     try:
         session = MsbSession(config)
     except UsageError as exc:
         raise pytest.UsageError(f"msafety-bench: {exc}") from None
     config.stash[RUN_KEY] = session
     config.pluginmanager.register(session, "msafety-bench-session")
+
+
+def _collects_suites(config: pytest.Config) -> bool:
+    """Whether this session would run benchmark suites (test files using the ``msb_lang`` fixtures),
+    judged from the paths it collects (command line, else ``testpaths``, else the root folder)."""
+    import os
+
+    args = [a.split("::")[0] for a in config.args if not a.startswith("-")]
+    args = args or [str(config.rootpath / p) for p in config.getini("testpaths")] or [str(config.rootpath)]
+    for arg in args:
+        path = os.path.abspath(arg)
+        if os.path.isfile(path):
+            files = [path]
+        else:
+            files = []
+            for root, dirs, names in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("node_modules", "site-packages")]
+                files += [os.path.join(root, f) for f in names if f.startswith("test_") and f.endswith(".py")]
+        for name in files:
+            with contextlib.suppress(OSError, UnicodeDecodeError), open(name, encoding="utf-8") as fh:
+                if "msb_lang" in fh.read():
+                    return True
+    return False
 
 
 def _usage_exit(exc: UsageError):
@@ -418,14 +456,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     if session.collection_error is not None:
         raise pytest.UsageError(f"msafety-bench: {session.collection_error}")
     needs_local = ("msb_utility", "msb_drift", "msb_utility_task")
+    from msafety_bench.engines import backend_name
+
+    # Utility and drift run on the transformers copy, which the hf and vllm backends both hold.
+    holds_weights = backend_name(session.options.backend) != "openai"
     drop = [item for item in items if
             (session.baseline is None and "msb_gate_lang" in getattr(item, "fixturenames", ()))  # gates need one
-            or (session.options.backend != "local"  # utility and drift read the model's own logits
+            or (not holds_weights  # utility and drift read the model's own logits
                 and any(name in getattr(item, "fixturenames", ()) for name in needs_local))]
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = [item for item in items if item not in drop]
-    session.deselected_for_backend = session.options.backend != "local" and any(
+    session.deselected_for_backend = not holds_weights and any(
         any(name in getattr(item, "fixturenames", ()) for name in needs_local) for item in drop)
 
 

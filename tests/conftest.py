@@ -76,7 +76,10 @@ def served_smollm2(smollm2):
         port = s.getsockname()[1]
     log = open(os.path.join(tempfile.gettempdir(), f"msb-serve-{port}.log"), "w")
     proc = subprocess.Popen([*serve, folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=log, stderr=subprocess.STDOUT,
+                            # Some transformers releases list /v1/models from the hub cache and fail when
+                            # that folder does not exist: give the server an empty one.
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": tempfile.mkdtemp(prefix="msb-hub-")},
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}/v1"
     try:

@@ -320,7 +320,8 @@ def flaky():
 
 def _ask(url, n, concurrency=1, timeout=10.0, retries=4):
     from msafety_bench.generation.cache import ResponseCache
-    from msafety_bench.generation.remote import Endpoint, chat_many
+    from msafety_bench.engines.openai import chat_many
+    from msafety_bench.generation.remote import Endpoint
 
     endpoint = Endpoint(url, "m", concurrency=concurrency, timeout_s=timeout, max_retries=retries)
     conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(n)]
@@ -348,9 +349,9 @@ def test_429_with_retry_after_waits_and_lowers_the_concurrency(flaky):
 
 
 def test_a_429_halves_the_requests_in_flight_down_to_one():
-    from msafety_bench.generation.remote import _Throttle
+    from msafety_bench.generation.remote import Throttle
 
-    throttle = _Throttle(4)
+    throttle = Throttle(4)
     throttle.lower()
     assert throttle.limit == 2
     entered, release = [], threading.Event()

@@ -4,7 +4,8 @@ import sqlite3
 
 import pytest
 
-from msafety_bench.generation import GenerationSettings, GenerationStats, generate_responses, render_prompt
+from msafety_bench.engines.hf import generate_responses
+from msafety_bench.generation import GenerationSettings, GenerationStats, render_prompt
 from msafety_bench.generation.cache import ResponseCache
 
 PROMPTS = ["Tell me a joke.", "What is two plus two?", "আকাশ নীল কেন?", "Write a haiku about rain, please.",

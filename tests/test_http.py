@@ -55,7 +55,7 @@ def test_suites_over_http_with_the_rubric_judge_over_http(suites, served_smollm2
 def test_weight_editors_need_a_local_model(suites, tmp_path):
     result = suites.runpytest_subprocess(*_remote_args(tmp_path, "http://127.0.0.1:9/v1", "m", "--editor", "sparse"))
     assert result.ret == 4
-    result.stderr.fnmatch_lines(["*--editor sparse changes weights and needs a local model*msafety-bench export*"])
+    result.stderr.fnmatch_lines(["*--editor sparse changes weights and needs them here*msafety-bench export*"])
     assert "Traceback" not in result.stderr.str()
 
 
@@ -64,7 +64,7 @@ def test_remote_backend_needs_url_and_model():
         RunOptions(backend="openai").check()
     with pytest.raises(UsageError, match="must start with http"):
         RunOptions(backend="openai", base_url="127.0.0.1:8000", served_model="m").check()
-    with pytest.raises(UsageError, match="unknown --backend 'grpc'"):
+    with pytest.raises(UsageError, match="unknown backend 'grpc'"):
         RunOptions(backend="grpc").check()
 
 

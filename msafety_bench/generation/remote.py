@@ -2,22 +2,20 @@
 ``transformers serve``), with bounded concurrency, retries with backoff, timeouts and the same SQLite
 cache as local generation.
 
-Used by ``--backend openai`` (the model under test) and by the ``llm-rubric`` judge. The API key is
+Used by the ``openai`` engine (the model under test) and by the ``llm-rubric`` judge (through
+``engines.openai.chat_many``). The API key is
 read from an environment variable at call time and is never written anywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from msafety_bench.errors import UsageError
-from msafety_bench.generation.cache import ResponseCache, cache_key
 
 MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is capped: the run should fail in bounded time
 
@@ -59,10 +57,10 @@ class Endpoint:
             raise UsageError("the OpenAI-compatible backend needs the openai package: "
                              "pip install 'msafety-bench[serving]'") from None
         return OpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "not-needed",
-                      timeout=self.timeout_s, max_retries=0)  # retried by ``_with_retries``
+                      timeout=self.timeout_s, max_retries=0)  # retried by ``ask``
 
 
-class _Throttle:
+class Throttle:
     """At most ``limit`` requests in flight; a 429 halves the limit (down to one) for the rest of the run."""
 
     def __init__(self, limit: int):
@@ -106,67 +104,29 @@ def _retry_delay(exc, attempt: int) -> float | None:
 
 
 
-def chat_many(endpoint: Endpoint, conversations: list[list[dict]], *, max_tokens: int, seed: int,
-              cache: ResponseCache, cache_tag: str, progress: bool = True, desc: str = "requests",
-              stats=None) -> list[str]:
-    """The assistant reply to each conversation (a list of chat messages), greedy, in order.
+def ask(endpoint: Endpoint, client, throttle: Throttle, messages: list[dict], *, max_tokens: int, seed: int) -> str:
+    """One greedy chat completion, retried with backoff (the server's Retry-After when it sends one); a
+    429 lowers the endpoint's concurrency. What cannot be retried, or fails every retry, is one
+    UsageError naming the server."""
+    import openai
 
-    Replies are cached under (endpoint, tag, messages, max_tokens, seed) and committed in chunks, so an
-    interrupted run resumes without repeating requests.
-    """
-    from tqdm.auto import tqdm
-
-    fields = {"max_new_tokens": max_tokens, "seed": seed, "temperature": 0}
-    rendered = [json.dumps(c, ensure_ascii=False, sort_keys=True) for c in conversations]
-    keys = [cache_key(endpoint.identity, cache_tag, r, fields) for r in rendered]
-    answers = cache.get_many(list(dict.fromkeys(keys)))
-    todo = list({k: c for k, c in zip(keys, conversations) if k not in answers}.items())
-    if stats is not None:
-        stats.requested += len(conversations)
-        stats.cached += len(conversations) - sum(1 for k in keys if k not in answers)
-    client = endpoint.client()
-    throttle = _Throttle(endpoint.concurrency)
-
-    def ask(messages):
-        import openai
-
-        for attempt in range(endpoint.max_retries + 1):
-            try:
-                with throttle.slot():
-                    reply = client.chat.completions.create(model=endpoint.model, messages=messages,
-                                                           max_tokens=max_tokens, temperature=0, seed=seed)
-                return (reply.choices[0].message.content or "").strip()
-            except openai.OpenAIError as exc:
-                delay = _retry_delay(exc, attempt)
-                if delay is None or attempt == endpoint.max_retries:
-                    raise
-                if isinstance(exc, openai.RateLimitError):
-                    throttle.lower()
-                time.sleep(delay)
-
-    bar = tqdm(total=len(todo), desc=desc, unit="req", disable=not progress or not todo)
-    chunk = endpoint.concurrency * 4
-    try:
-        with ThreadPoolExecutor(max_workers=endpoint.concurrency) as pool:
-            for start in range(0, len(todo), chunk):
-                part = todo[start : start + chunk]
-                texts = list(pool.map(ask, [c for _, c in part]))
-                cache.put_many([(k, endpoint.identity, cache_tag, fields, json.dumps(c, ensure_ascii=False), t)
-                                for (k, c), t in zip(part, texts)])
-                answers.update({k: t for (k, _), t in zip(part, texts)})
-                if stats is not None:
-                    stats.generated += len(part)
-                    stats.batches += 1
-                bar.update(len(part))
-    except Exception as exc:  # the openai client raises its own error types; name the endpoint and stop
-        if type(exc).__module__.split(".")[0] != "openai":
-            raise
-        raise UsageError(f"request to {endpoint.public_url} (model '{endpoint.model}') failed after retries: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} -- check that "
-                         "the server is running and serves that model (GET /v1/models)") from None
-    finally:
-        bar.close()
-    return [answers[k] for k in keys]
+    for attempt in range(endpoint.max_retries + 1):
+        try:
+            with throttle.slot():
+                reply = client.chat.completions.create(model=endpoint.model, messages=messages,
+                                                       max_tokens=max_tokens, temperature=0, seed=seed)
+            return (reply.choices[0].message.content or "").strip()
+        except openai.OpenAIError as exc:
+            delay = _retry_delay(exc, attempt)
+            if delay is None or attempt == endpoint.max_retries:
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                raise UsageError(f"request to {endpoint.public_url} (model '{endpoint.model}') failed after "
+                                 f"retries: {type(exc).__name__}: {first} -- check that the server is running and "
+                                 "serves that model (GET /v1/models)") from None
+            if isinstance(exc, openai.RateLimitError):
+                throttle.lower()
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def user_conversation(prompt: str, system_prompt: str | None) -> list[dict]:

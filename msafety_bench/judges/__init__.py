@@ -90,7 +90,7 @@ def judge_options(name: str, model: str | None = None, url: str | None = None,
         if not sep:
             raise UsageError(f"--judge-opt '{item}' must look like key=value")
         raw[key.strip()] = value.strip()
-    flags = {"model": "--judge-model", "url": "--judge-url"}
+    flags = {"model": "--judge-model", "url": "--judge-url", "backend": "--judge-backend"}
     return parse_options(JUDGES.get(name), raw, "judge", name, flag=lambda key: flags.get(key, f"--judge-opt {key}"))
 
 

@@ -35,14 +35,25 @@ class GuardJudge:
     MODELS: dict[str, str] = {}
     DEFAULT = ""
 
-    def __init__(self, model: str | None = None, max_new_tokens: int = 32, batch_size: int = 16):
+    def __init__(self, model: str | None = None, max_new_tokens: int = 32, batch_size: int = 16,
+                 backend: str = "hf", url: str | None = None):
+        from msafety_bench.engines import backend_name
+
         self.model = model or self.DEFAULT
         self.source = self.MODELS.get(self.model.lower(), self.model)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.backend = backend_name(backend)
+        if self.backend == "openai" and not (url and model):
+            raise ValueError("--judge-backend openai needs --judge-url (the server serving the guard) and "
+                             "--judge-model (its served name)")
+        self.url = url
         self.config = {"model": self.model, "source": self.source, "max_new_tokens": max_new_tokens}
+        if self.backend != "hf":  # hf keeps the config (and so the judge version) earlier runs recorded
+            self.config["backend"] = self.backend
         self._loaded = None
         self._fingerprint = None
+        self._engine = None
         self._rules = RefusalJudge()
 
     def conversation(self, prompt: str, response: str) -> list[dict]:
@@ -69,19 +80,37 @@ class GuardJudge:
             self.config["fingerprint"] = self._fingerprint
         return self._loaded
 
+    def engine(self, env: JudgeEnv):
+        """The guard on the judge's backend (``--judge-backend``), made on first use."""
+        if self._engine is None:
+            from msafety_bench.engines import engine_class
+
+            if self.backend == "openai":
+                from msafety_bench.generation.remote import Endpoint
+
+                self._engine = engine_class("openai")([Endpoint(self.url, self.model)])
+            else:
+                loaded = self._load(env)
+                self._engine = engine_class(self.backend)(loaded, self._fingerprint)
+        return self._engine
+
     def judge_many(self, items: list[tuple[str, str, str]], env: JudgeEnv) -> list[Verdict]:
-        from msafety_bench.generation import GenerationSettings, generate_rendered
+        from msafety_bench.engines import generate_cached
+        from msafety_bench.generation import GenerationSettings
 
         verdicts: list[Verdict | None] = [self._rule_verdict(p, r, lang) for p, r, lang in items]
         todo = [i for i, v in enumerate(verdicts) if v is None]
         if todo:
-            loaded = self._load(env)
-            rendered = [self.render(loaded.tokenizer, items[i][0], items[i][1]) for i in todo]
+            engine = self.engine(env)
+            if self.backend == "openai":  # the server applies the guard's chat template itself
+                rendered = [engine.render_conversation(self.conversation(*items[i][:2])) for i in todo]
+            else:
+                rendered = [self.render(engine.loaded.tokenizer, items[i][0], items[i][1]) for i in todo]
             settings = GenerationSettings(self.max_new_tokens, self.batch_size, 0, None)
             cache = env.response_cache()
             try:
-                outputs = generate_rendered(loaded, rendered, settings, cache, self._fingerprint, f"judge:{self.name}",
-                                            progress=env.progress, desc=f"judging ({self.name})")
+                outputs = generate_cached(engine, rendered, settings, cache, f"judge:{self.name}",
+                                          progress=env.progress, desc=f"judging ({self.name})")
             finally:
                 cache.close()
             for i, out in zip(todo, outputs):
@@ -130,10 +159,10 @@ class Qwen3GuardJudge(GuardJudge):
     DEFAULT = "8b"
 
     def __init__(self, model: str | None = None, controversial: str = "unsafe", max_new_tokens: int = 32,
-                 batch_size: int = 16):
+                 batch_size: int = 16, backend: str = "hf", url: str | None = None):
         if controversial not in ("unsafe", "invalid"):
             raise ValueError(f"controversial must be 'unsafe' or 'invalid', got '{controversial}'")
-        super().__init__(model, max_new_tokens, batch_size)
+        super().__init__(model, max_new_tokens, batch_size, backend, url)
         self.controversial = controversial
         self.config["controversial"] = controversial
 

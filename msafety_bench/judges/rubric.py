@@ -125,7 +125,7 @@ class LlmRubricJudge:
         return harmless_verdict(self._rules, prompt, response, lang, "grader: no, not an instance", output)
 
     def judge_many(self, items: list[tuple[str, str, str]], env: JudgeEnv) -> list[Verdict]:
-        from msafety_bench.generation.remote import chat_many
+        from msafety_bench.engines.openai import chat_many
 
         cache = env.response_cache()
         try:

@@ -50,6 +50,7 @@ class LoadedModel:
     tokenizer: Any
     adapter: Any
     device: str
+    folder: str | None = None  # the transformers folder or hub id it came from (None for in-memory models)
 
     @property
     def family(self) -> str:
@@ -125,6 +126,7 @@ def load_model(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     device = pick_device(device)
     torch_dtype = _torch_dtype(dtype, device)
+    folder = None
     if spec.kind == "tiny-qwen2":
         model, tok = builtin.tiny_qwen2()
         model = model.to(device=device, dtype=torch_dtype)
@@ -142,7 +144,7 @@ def load_model(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.eval()
-    return LoadedModel(spec, model, tok, adapter_for(model), device)
+    return LoadedModel(spec, model, tok, adapter_for(model), device, str(folder) if folder else None)
 
 
 def _from_pretrained(folder, spec, torch_dtype, device, trust_remote_code):
