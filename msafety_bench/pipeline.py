@@ -322,7 +322,9 @@ class BenchRun:
             model_meta = {"name": opts.served_model, "kind": "openai", "source": endpoint.public_url,
                           "fingerprint": engine.model_fingerprint, "concurrency": endpoint.concurrency}
             editor_meta = {"name": "none", "config": {}, "fingerprint": "none", "info": {}}
-        return responses, model_meta, editor_meta, engine.describe(), evals, guard
+        engine_meta = engine.describe()
+        engine.close()  # a vLLM engine gives its memory back before utility runs on the transformers copy
+        return responses, model_meta, editor_meta, engine_meta, evals, guard
 
 
 def _round_robin(records: list[PromptRecord], limit: int | None) -> list[PromptRecord]:

@@ -62,7 +62,8 @@ def engines(smollm2):
     # enforce_eager: no torch.compile warm-up (minutes on a shared CPU); the kernels are the same.
     engine = VllmEngine(smollm2, fingerprint, {"max_model_len": 2048, "enforce_eager": True}, seed=0)
     print(f"\nvLLM {engine.version} engine start: {time.time() - started:.0f} s")
-    return HfEngine(smollm2, fingerprint), engine
+    yield HfEngine(smollm2, fingerprint), engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,9 @@ class Engine(Protocol):
 
     def describe(self) -> dict: ...
 
+    def close(self) -> None:
+        """Release what the engine holds (processes, device memory); the engine is not used after."""
+
 
 def backend_name(name: str) -> str:
     """The registered name of ``--backend``/``--judge-backend`` (``local`` is ``hf``)."""

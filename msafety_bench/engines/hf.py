@@ -53,6 +53,9 @@ class HfEngine:
 
         return model_fingerprint(self.loaded.model) == self.model_fingerprint
 
+    def close(self) -> None:
+        pass  # the model belongs to the run, which keeps using it
+
     def describe(self) -> dict:
         import transformers
 

@@ -70,6 +70,9 @@ class OpenAIEngine:
     def weights_restored(self) -> bool:
         return True  # nothing was changed
 
+    def close(self) -> None:
+        self._clients = self._throttles = None
+
     def describe(self) -> dict:
         import openai
 

@@ -114,5 +114,11 @@ class VllmEngine:
     def weights_restored(self) -> bool:
         return self._restored
 
+    def close(self) -> None:
+        """Stop the engine's processes now rather than at interpreter exit, when logging has gone."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def describe(self) -> dict:
         return {"name": self.name, "version": self.version, "options": self.options}
