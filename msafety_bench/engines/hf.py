@@ -56,7 +56,7 @@ def greedy_generate(model, input_ids, attention_mask, max_new_tokens: int, eos_t
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     n = input_ids.shape[0]
     out: list[list[int]] = [[] for _ in range(n)]
-    rows = torch.arange(n)  # original row of each row still in the batch
+    rows = torch.arange(n, device=input_ids.device)  # original index of each row still in the batch
     cache = DynamicCache(config=model.config)
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     step_ids, mask = input_ids, attention_mask
