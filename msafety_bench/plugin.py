@@ -67,7 +67,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--max-prompt-tokens", type=int, default=None,
                 help="leave out (and count) prompts longer than this many tokens; default: the model's "
                      "context minus --max-new-tokens")
-    g.addoption("--batch-size", type=int, default=64, help="prompts per generation batch (default 64)")
+    g.addoption("--batch-size", type=int, default=16,
+                help="prompts per generation batch, at most (default 16; batches also split by prompt length)")
     g.addoption("--seed", type=int, default=0)
     g.addoption("--system-prompt", default=None, help="system message (default: the chat template's own)")
     g.addoption("--results-dir", default="results", help="where <run-id>.json is written")

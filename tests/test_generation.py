@@ -65,3 +65,104 @@ def test_interrupted_run_resumes_where_it_stopped(tiny, tmp_path):
     assert stats.cached == committed and stats.generated == len(PROMPTS) - committed
     fresh = generate_responses(tiny, PROMPTS, SETTINGS, ResponseCache(None), "m", "e", progress=False)
     assert resumed == fresh
+
+
+def _generate_one_at_a_time(loaded, rendered, max_new_tokens, eos):
+    """transformers' own greedy ``generate``, one prompt at a time: the reference the engine must match."""
+    import torch
+
+    tok, out = loaded.tokenizer, []
+    for r in rendered:
+        enc = tok([r], return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            ids = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                        top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+        out.append(ids[0, enc["input_ids"].shape[1]:].tolist())
+    return out
+
+
+
+
+@pytest.fixture(scope="module")
+def varied(tiny):
+    """tiny-qwen2's shape with untied, differently seeded weights: its greedy answers differ from prompt to
+    prompt (tiny-qwen2's tied embeddings make it repeat the chat template's last token)."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    config = copy.deepcopy(tiny.model.config)
+    config.tie_word_embeddings = False
+    state = torch.random.get_rng_state()
+    torch.manual_seed(1)
+    try:
+        model = Qwen2ForCausalLM(config).eval()
+    finally:
+        torch.random.set_rng_state(state)
+    return SimpleNamespace(model=model, tokenizer=tiny.tokenizer, device="cpu")
+
+
+def _generate_one_at_a_time(loaded, rendered, max_new_tokens, eos):
+    """transformers' own greedy ``generate``, one prompt at a time: the reference the engine must match."""
+    import torch
+
+    tok, out = loaded.tokenizer, []
+    for r in rendered:
+        enc = tok([r], return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            ids = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                        top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+        out.append(ids[0, enc["input_ids"].shape[1]:].tolist())
+    return out
+
+
+def test_engine_text_equals_generate_one_at_a_time(varied):
+    from msafety_bench.engines.hf import HfEngine
+
+    tok = varied.tokenizer
+    rendered = [render_prompt(tok, p) for p in PROMPTS]
+    reference = [tok.decode(ids, skip_special_tokens=True).strip()
+                 for ids in _generate_one_at_a_time(varied, rendered, 8, tok.eos_token_id)]
+    assert len(set(reference)) == len(reference), "the case needs answers that differ"
+    batched = generate_responses(varied, PROMPTS, GenerationSettings(8, 5, 0), ResponseCache(None), "m", "e",
+                                 progress=False)
+    assert batched == reference
+    assert len(HfEngine(varied, "m").batches(rendered, GenerationSettings(8, 5, 0))) > 1
+
+
+def test_rows_that_finish_early_leave_the_batch_with_the_same_tokens(varied, monkeypatch):
+    """With an EOS the model does produce, some rows stop early and others run to the limit; the
+    engine's batches (length buckets, rows leaving at EOS) give exactly the token ids of ``generate``
+    one prompt at a time."""
+    from transformers import DynamicCache
+
+    from msafety_bench.engines import hf
+
+    tok = varied.tokenizer
+    rendered = [render_prompt(tok, p) for p in PROMPTS]
+    free = _generate_one_at_a_time(varied, rendered, 12, None)
+    # An EOS token that ends some answers part-way but not all of them (most rows first).
+    first_at = {}
+    for ids in free:
+        for i, t in enumerate(ids):
+            first_at.setdefault(t, []).append(i) if t not in ids[:i] else None
+    usable = [t for t, at in first_at.items() if 0 < len(at) < len(free) and 0 < min(at) < 11]
+    eos = max(sorted(usable), key=lambda t: len(first_at[t]))
+    reference = dict(zip(rendered, _generate_one_at_a_time(varied, rendered, 12, eos)))
+    lengths = [len(ids) for ids in reference.values()]
+    assert 1 < min(lengths) < 12 and max(lengths) == 12, "the case needs rows finishing at different steps"
+
+    shrunk = []
+    real_select = DynamicCache.batch_select_indices
+    monkeypatch.setattr(DynamicCache, "batch_select_indices",
+                        lambda self, index: shrunk.append(len(index)) or real_select(self, index))
+    engine = hf.HfEngine(varied, "m")
+    for batch_size in (8, 3):
+        settings = GenerationSettings(max_new_tokens=12, batch_size=batch_size, seed=0)
+        for part in engine.batches(rendered, settings):
+            enc = tok(part, return_tensors="pt", padding=True, add_special_tokens=False)
+            got = hf.greedy_generate(varied.model, enc["input_ids"], enc["attention_mask"], 12, eos)
+            assert got == [reference[r] for r in part], f"batch size {batch_size}: token ids differ"
+    assert shrunk, "finished rows must leave the batch"

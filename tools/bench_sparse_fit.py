@@ -52,7 +52,7 @@ def main() -> None:
     from msafety_bench.editing import FitContext, build_edit
     from msafety_bench.errors import UsageError
     from msafety_bench.models import load_model
-    from msafety_bench.models.fingerprint import model_fingerprint
+    from msafety_bench.models.fingerprint import base_fingerprint
     from msafety_bench.paths import default_cache_dir
 
     rows = []
@@ -70,8 +70,8 @@ def main() -> None:
 
     reset_peak_rss()
     t0 = clock()
-    loaded = load_model(args.model, cache_dir=default_cache_dir(), device="cpu", progress=False)
-    base_fp = model_fingerprint(loaded.model)
+    loaded = load_model(args.model, cache_dir=default_cache_dir(), device="cpu")
+    base_fp = base_fingerprint(loaded, default_cache_dir())
     row("model load + fingerprint", since(t0))
     core = [r for r in load_msb_core() if r.split == "calibration"]
     for spec in args.languages or ["en,bn,sw,jv,id", "all"]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = 96
-    batch_size: int = 64
+    batch_size: int = 16
     seed: int = 0
     system_prompt: str | None = None  # None keeps the chat template's own default
 

@@ -73,10 +73,10 @@ class GuardJudge:
     def _load(self, env: JudgeEnv):
         if self._loaded is None:
             from msafety_bench.models import load_model
-            from msafety_bench.models.fingerprint import model_fingerprint
+            from msafety_bench.models.fingerprint import base_fingerprint
 
             self._loaded = load_model(self.source, cache_dir=env.cache_dir, device=env.device)
-            self._fingerprint = model_fingerprint(self._loaded.model)
+            self._fingerprint = base_fingerprint(self._loaded, env.cache_dir)
             self.config["fingerprint"] = self._fingerprint
         return self._loaded
 
