@@ -255,3 +255,12 @@ def select_languages(spec: str | None, available: list[str], dataset: str) -> li
     if not unique:
         raise UsageError(f"--languages '{spec}' selects no language of dataset {dataset}")
     return unique
+
+
+def check_language_spec(spec: str | None) -> None:
+    """A ``--languages``-style spec names only known codes, tiers, ``latin`` or ``all``; checked without a
+    dataset, so an option typo fails before any model loads. Raises ValueError with the choices."""
+    for item in (part.strip().lower() for part in (spec or "").split(",")):
+        if item and item not in LANGUAGES and item not in TIERS and item not in ("latin", "all"):
+            raise ValueError(f"unknown language '{item}': use codes ({', '.join(LANGUAGES)}), a tier "
+                             f"({', '.join(TIERS)}), latin or all")
