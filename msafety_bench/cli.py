@@ -76,6 +76,7 @@ def cmd_summary(args) -> None:
 
     from msafety_bench.metrics import LanguageMetrics
     from msafety_bench.metrics.correction import CorrectedASR
+    from msafety_bench.presets import reference_line
     from msafety_bench.results import read_results, summary_table
 
     for path in args.files:
@@ -89,6 +90,9 @@ def cmd_summary(args) -> None:
         print(f"{path}: model {data['model']['name']}, editor {data['editor']['name']}, judge {data['judge']['name']}")
         corrected = {lang: CorrectedASR.from_dict(m.get("asr_corrected")) for lang, m in data["metrics"]["languages"].items()}
         print("\n".join(summary_table(SimpleNamespace(metrics=metrics, meta={"model": data["model"]}), corrected)))
+        reference = reference_line(data.get("preset"), data["editor"]["name"], [m.asr for m in metrics.values()])
+        if reference:
+            print(reference)
 
 
 def cmd_rejudge(args) -> None:

@@ -319,18 +319,10 @@ class MsbSession:
 
     def reference_line(self) -> str | None:
         """This run's mean ASR beside the paper's published figure for the preset's row, if it has one."""
-        if not self.preset or not self.preset.reference:
-            return None
-        values = [m.asr for m in self.run.metrics.values() if m.asr is not None]
-        if not values:
-            return None
-        mean = 100 * sum(values) / len(values)
-        published = ", ".join(f"{editor} {value:.1f}%" for editor, value in self.preset.reference.items())
-        row = self.preset.reference.get(self.options.editor)
-        closeness = (f"{mean - row:+.1f} points from the paper's {self.options.editor} row" if row is not None
-                     else f"the paper publishes no mean for editor {self.options.editor}")
-        return (f"preset {self.preset.name}: mean ASR over {len(values)} languages {mean:.1f}% ({closeness}); "
-                f"published: {published} ({self.preset.reference_source})")
+        from msafety_bench.presets import reference_line
+
+        return reference_line(self.preset and self.preset.name, self.options.editor,
+                              [m.asr for m in self.run.metrics.values()])
 
     def write_gate_summary(self, tr) -> None:
         gates = self._gates

@@ -91,6 +91,21 @@ PRESETS = {
 }
 
 
+def reference_line(name: str | None, editor: str, asrs: list) -> str | None:
+    """A run's mean ASR beside the published figures of its preset (None when the preset has none)."""
+    preset = PRESETS.get(name) if name else None
+    values = [a for a in asrs if a is not None]
+    if not preset or not preset.reference or not values:
+        return None
+    mean = 100 * sum(values) / len(values)
+    published = ", ".join(f"{e} {v:.1f}%" for e, v in preset.reference.items())
+    row = preset.reference.get(editor)
+    closeness = (f"{mean - row:+.1f} points from the paper's {editor} row" if row is not None
+                 else f"the paper publishes no mean for editor {editor}")
+    return (f"preset {preset.name}: mean ASR over {len(values)} languages {mean:.1f}% ({closeness}); "
+            f"published: {published} ({preset.reference_source})")
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise UsageError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")

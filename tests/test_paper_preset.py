@@ -95,6 +95,17 @@ def test_preset_editor_options_yield_to_the_command_line():
     assert paper.editor_opts("none", [], None) == [] and paper.editor_opts("sparse", [], "cfg.yaml") == []
 
 
+def test_reference_line_puts_the_run_beside_the_published_row():
+    from msafety_bench.presets import reference_line
+
+    line = reference_line("paper", "sparse", [0.10, 0.0, None])
+    assert "mean ASR over 2 languages 5.0% (+0.0 points from the paper's sparse row)" in line
+    assert "published: none 11.3%, sparse 5.0%" in line
+    assert "-23.3 points from the paper's none row" in reference_line("paper-llama", "none", [0.05])
+    assert "publishes no mean for editor mpo+sparse" in reference_line("paper", "mpo+sparse", [0.1])
+    assert reference_line("smollm2-en-safe", "none", [0.1]) is None and reference_line(None, "none", [0.1]) is None
+
+
 def test_strongreject_multilingual_layouts(tmp_path):
     long = load_dataset_spec(f"strongreject:{write_long_csv(tmp_path / 'long.csv')}")
     assert {r.lang for r in long} == set(PAPER_LANGUAGES) and len(long) == 16
@@ -151,7 +162,7 @@ def _offline_paper_run(pytester, tmp_path, editor_args):
 
 
 @pytest.mark.slow  # lm-eval and a suite run: 30-60 s on 2 cores
-def test_paper_preset_end_to_end_offline(pytester, tmp_path):
+def test_paper_preset_end_to_end_offline(pytester, tmp_path, capsys):
     """The preset's languages, editor options, utility and reference line, with local stand-ins for the
     model (tiny-qwen2), StrongREJECT (a translated CSV), the judge (refusal) and MGSM (a TSV)."""
     result, data = _offline_paper_run(pytester, tmp_path, ["--editor", "none"])
@@ -165,8 +176,14 @@ def test_paper_preset_end_to_end_offline(pytester, tmp_path):
     result.stderr.no_fnmatch_line("*Traceback*")
     from msafety_bench.report import render_report
 
-    html = render_report([str(next((tmp_path / "results").glob("*.json")))], str(tmp_path / "r.html")).read_text()
+    path = str(next((tmp_path / "results").glob("*.json")))
+    html = render_report([path], str(tmp_path / "r.html")).read_text()
     assert "Published numbers (reference marks)" in html and "11.3%" in html
+    from msafety_bench.cli import main
+
+    capsys.readouterr()
+    assert main(["summary", path]) == 0
+    assert "preset paper: mean ASR over 8 languages" in capsys.readouterr().out
 
 
 @pytest.mark.slow
