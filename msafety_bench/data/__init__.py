@@ -147,9 +147,9 @@ def load_generic(path: str | None, fmt: str) -> list[PromptRecord]:
         label = str(row["label"]).strip().lower()
         split = str(row.get("split") or "eval").strip().lower()
         if label not in LABELS:
-            raise UsageError(f"{path}: row {i} has label '{row['label']}': labels must be harmful or harmless")
+            raise UsageError(f"{path}: row {i} has label {str(row['label'])!r}: labels must be harmful or harmless")
         if split not in SPLITS:
-            raise UsageError(f"{path}: row {i} has split '{row.get('split')}': splits are calibration or eval")
+            raise UsageError(f"{path}: row {i} has split {str(row.get('split'))!r}: splits are calibration or eval")
         if row["prompt"] is not None and not isinstance(row["prompt"], str):
             raise UsageError(f"{path}: row {i} has a prompt that is not text: write the prompt as a string")
         if not str(row["prompt"] or "").strip():
