@@ -7,8 +7,9 @@ local data files at run time:
 - ``msb_mc_<lang>``: four-way multiple-choice general knowledge, log-likelihood (like M-MMLU).
 Groups ``msb_arith`` and ``msb_mc`` hold all languages. Users with the hub pass lm-eval's own task
 names to ``--utility-tasks`` and get them unchanged; ``NAME:FILE.tsv`` runs a local file in MGSM's
-layout (one problem a line: question, a tab, the numeric answer; no header) as task ``NAME``, scored
-like ``msb_arith`` (exact match on the last number), e.g. ``mgsm_direct_bn:mgsm_bn.tsv`` offline.
+layout (one problem a line: question, a tab, the numeric answer; no header) as task ``NAME``: with
+lm-eval's own config of that MGSM task when lm-eval has one (``mgsm_direct_bn:mgsm_bn.tsv``), else
+scored like ``msb_arith`` (exact match on the last number).
 """
 
 from __future__ import annotations
@@ -125,6 +126,20 @@ def read_mgsm_tsv(path: str) -> list[dict]:
     return problems
 
 
+def _lm_eval_task_file(name: str) -> Path | None:
+    """The installed lm-eval's YAML of an MGSM task of that name (``mgsm_direct_bn`` ...), if any."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")
+    if not spec or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        found = sorted((Path(root) / "tasks" / "mgsm").glob(f"*/{name}.yaml"))
+        if found:
+            return found[0]
+    return None
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -155,9 +170,19 @@ def write_offline_tasks(folder: Path, local: dict[str, str] | None = None) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     for name, path in (local or {}).items():
         data = folder / f"local-{name}.jsonl"
-        data.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in read_mgsm_tsv(path)), encoding="utf-8")
-        lang = name.rsplit("_", 1)[-1]
-        _write_yaml(folder / f"local-{name}.yaml", _arith_task(name, lang, data))
+        problems = read_mgsm_tsv(path)
+        template = _lm_eval_task_file(name)
+        if template:  # lm-eval's own config of that task (prompt, scoring), its data source pointed here
+            data.write_text("".join(json.dumps({"question": p["question"], "answer": None,
+                                                "answer_number": p["answer"]}, ensure_ascii=False) + "\n"
+                                    for p in problems), encoding="utf-8")
+            _write_yaml(folder / f"local-{name}.yaml", {
+                "include": str(template), "task": name, "dataset_path": "json", "dataset_name": None,
+                "dataset_kwargs": {"data_files": {"test": str(data)}}, "training_split": None,
+                "test_split": "test"})
+        else:
+            data.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems), encoding="utf-8")
+            _write_yaml(folder / f"local-{name}.yaml", _arith_task(name, name.rsplit("_", 1)[-1], data))
     langs = offline_languages()
     for lang in langs:
         q, a = CUES[lang]
