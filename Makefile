@@ -14,12 +14,17 @@ BENCH_DIR ?= results/bench-$(STAMP)
 BENCH_EDITORS ?= none sparse steering sft
 # lm-eval utility is left out here (it dominated the time: ~3 min per run, 20+ min under a LoRA edit);
 # drift (next-token KL on harmless text) stays. `make bench-organism` runs utility too.
+# (-k matches the module name too: "not test_utility" alone would drop test_drift, which lives there.)
 BENCH_RUN_ARGS ?= --preset smollm2-en-safe --languages en,it,id,sw,zh,bn --limit 6 --max-new-tokens 48 \
-	--batch-size 16 -k "not test_utility" --no-progress -q -p no:cacheprovider
+	--batch-size 16 -k "not test_utility or test_drift" --no-progress -q -p no:cacheprovider
 BENCH_OPTS_sparse ?= --editor-opt languages=latin
 BENCH_OPTS_steering ?=
 BENCH_OPTS_sft ?= --editor-opt languages=latin --editor-opt steps=40 --editor-opt harmless_per_language=4
 BENCH_OPTS_none ?=
+# Not in the default list (about 10 min each): `make bench BENCH_EDITORS="none mpo mpo+sparse"`.
+BENCH_OPTS_mpo ?= --editor-opt languages=latin --editor-opt steps=40 --editor-opt harmful_per_language=16
+BENCH_OPTS_mpo+sparse ?= --editor-opt mpo.languages=latin --editor-opt mpo.steps=40 \
+	--editor-opt mpo.harmful_per_language=16 --editor-opt sparse.languages=latin
 
 # `make bench-full`: the full SmolLM2 suite, then all editors on the organism with the preset's sizes.
 ORGANISM_EDITORS ?= none sparse steering sft sft+sparse
@@ -60,7 +65,8 @@ bench: setup
 	@n=0; total=$$(echo $(BENCH_EDITORS) | wc -w); for editor in $(BENCH_EDITORS); do \
 		n=$$((n + 1)); echo "[$$n/$$total] editor $$editor on smollm2-en-safe ($$(date +%H:%M:%S))"; \
 		case $$editor in none) opts="$(BENCH_OPTS_none)";; sparse) opts="$(BENCH_OPTS_sparse)";; \
-			steering) opts="$(BENCH_OPTS_steering)";; sft) opts="$(BENCH_OPTS_sft)";; *) opts="";; esac; \
+			steering) opts="$(BENCH_OPTS_steering)";; sft) opts="$(BENCH_OPTS_sft)";; \
+			mpo) opts="$(BENCH_OPTS_mpo)";; mpo+sparse) opts="$(BENCH_OPTS_mpo+sparse)";; *) opts="";; esac; \
 		$(BIN)/pytest suites/ --editor $$editor $$opts $(BENCH_RUN_ARGS) $(BENCH_ARGS) --results-dir $(BENCH_DIR); \
 		rc=$$?; [ $$rc -le 1 ] || exit $$rc; \
 	done

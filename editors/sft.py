@@ -9,15 +9,15 @@ adapted module (weights untouched, so leaving the block is exact), and export me
 
 from __future__ import annotations
 
+import contextlib
 import random
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from typing import Protocol
 
 from msafety_bench.editing import Editor, EditorConfig, HookEdit
 from msafety_bench.errors import UsageError
-
 
 
 @dataclass(frozen=True)
@@ -148,29 +148,16 @@ class SftEditor(Editor):
 
     def _train(self, loaded, examples, config, context, fingerprint) -> LoraEdit:
         import torch
-        from peft import LoraConfig, get_peft_model
         from tqdm.auto import tqdm
 
-        from msafety_bench.generation import render_prompt
-
         model, tok = loaded.model, loaded.tokenizer
-        targets = [t.strip() for t in config.target_modules.split(",") if t.strip()]
-        encoded = []
-        for prompt, answer in examples:
-            p = tok(render_prompt(tok, prompt), add_special_tokens=False).input_ids
-            a = tok(answer + tok.eos_token, add_special_tokens=False).input_ids
-            ids = (p + a)[: config.max_length]
-            encoded.append((ids, [-100] * len(p) + a))
-        torch.manual_seed(config.seed)
+        encoded = [encode_answer(tok, prompt, answer, config.max_length) for prompt, answer in examples]
         rng = random.Random(config.seed)
-        peft_model = get_peft_model(model, LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
-                                                      target_modules=targets, bias="none"))
-        try:
+        with lora_model(model, config) as peft_model:
             params = [p for p in peft_model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
             order: list[int] = []
             losses = []
-            peft_model.train()
             bar = tqdm(range(config.steps), desc="sft (LoRA)", disable=not context.progress)
             for _ in bar:
                 if len(order) < config.batch_size:
@@ -178,28 +165,78 @@ class SftEditor(Editor):
                     rng.shuffle(fresh)
                     order += fresh
                 batch = [encoded[order.pop()] for _ in range(config.batch_size)]
-                width = max(len(ids) for ids, _ in batch)
-                pad = tok.pad_token_id
-                input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=loaded.device)
-                labels = torch.tensor([lab[:width] + [-100] * (width - len(lab[:width])) for ids, lab in batch],
-                                      device=loaded.device)
-                mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=loaded.device)
+                input_ids, mask, labels = pad_right(batch, tok.pad_token_id, loaded.device)
                 loss = peft_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad()
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            factors = {}
-            for name, module in peft_model.base_model.model.named_modules():
-                if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
-                    factors[name] = (module.lora_A["default"].weight.detach().float().cpu().clone(),
-                                     module.lora_B["default"].weight.detach().float().cpu().clone())
-        finally:
-            peft_model.unload()  # puts the original Linear modules back; base weights were frozen
-            model.eval()
-        if not factors:
-            raise UsageError(f"sft: target_modules {targets} matched no module of this model")
+            factors = lora_factors(peft_model)
         return LoraEdit(self.name, config, fingerprint, factors, config.alpha / config.rank,
                         {"n_examples": len(examples), "loss_first": losses[0], "loss_last": losses[-1],
                          "loss_mean_last10": sum(losses[-10:]) / len(losses[-10:])})
+
+
+# -- LoRA pieces shared with the ``mpo`` editor ------------------------------------------------------
+
+def encode_answer(tok, prompt: str, answer: str, max_length: int) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of the chat-rendered prompt followed by the answer and EOS, cut at
+    ``max_length``; labels are -100 on the prompt, so a loss reads answer tokens only."""
+    from msafety_bench.generation import render_prompt
+
+    p = tok(render_prompt(tok, prompt), add_special_tokens=False).input_ids
+    a = tok(answer + tok.eos_token, add_special_tokens=False).input_ids
+    ids = (p + a)[:max_length]
+    return ids, ([-100] * len(p) + a)[: len(ids)]
+
+
+def pad_right(rows: list[tuple[list[int], list[int]]], pad_id: int, device):
+    """(input_ids, attention_mask, labels) tensors, padded on the right: positions stay 0..n-1 and no
+    real token attends a pad, so a row's values do not depend on what it is batched with."""
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows], device=device)
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows], device=device)
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows], device=device)
+    return input_ids, mask, labels
+
+
+class LoraTargets(Protocol):
+    rank: int
+    alpha: float
+    target_modules: str
+    seed: int
+
+
+@contextlib.contextmanager
+def lora_model(model, config: LoraTargets):
+    """``model`` wrapped by peft with a fresh LoRA adapter (B = 0, so it starts as the model itself) in
+    training mode; on exit the original modules are put back (the base weights were frozen)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t.strip() for t in config.target_modules.split(",") if t.strip()]
+    torch.manual_seed(config.seed)
+    peft_model = get_peft_model(model, LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
+                                                  target_modules=targets, bias="none"))
+    try:
+        peft_model.train()
+        yield peft_model
+    finally:
+        peft_model.unload()
+        model.eval()
+
+
+def lora_factors(peft_model) -> dict:
+    """module name -> (A (r, in), B (out, r)) of the trained adapter, float32 on the CPU."""
+    factors = {}
+    for name, module in peft_model.base_model.model.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            factors[name] = (module.lora_A["default"].weight.detach().float().cpu().clone(),
+                             module.lora_B["default"].weight.detach().float().cpu().clone())
+    if not factors:
+        raise UsageError(f"LoRA: target_modules '{peft_model.peft_config['default'].target_modules}' matched "
+                         "no module of this model")
+    return factors

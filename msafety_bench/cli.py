@@ -3,6 +3,7 @@
     msafety-bench run [PYTEST ARGS]   the installed suites: pytest --pyargs msafety_bench.suites ...
     msafety-bench models              aliases and what they load
     msafety-bench languages           the language table with tiers
+    msafety-bench presets             named set-ups (--preset), with the paper's published numbers
     msafety-bench summary FILE.json   the per-language table of a results file
     msafety-bench export --model M --editor E --out DIR
                                       the edited model as a plain transformers folder + editor.json
@@ -54,11 +55,28 @@ def cmd_languages(args) -> None:
         print(f"{lang.code:<4} {lang.name:<12} {lang.tier:<4} {lang.script}")
 
 
+def cmd_presets(args) -> None:
+    from msafety_bench.presets import PRESETS
+
+    for preset in PRESETS.values():
+        print(f"{preset.name}: {preset.description}")
+        for key, value in preset.options.items():
+            print(f"    --{key.replace('_', '-'):<16} {value}")
+        for editor, options in preset.editor_options.items():
+            print(f"    {editor + ' options':<18} " + " ".join(f"{k}={v}" for k, v in options.items()))
+        if preset.reference:
+            print(f"    published ({preset.reference_source}):")
+            for editor, value in preset.reference.items():
+                print(f"      --editor {editor:<12} mean ASR {value:.1f}%")
+        print()
+
+
 def cmd_summary(args) -> None:
     from types import SimpleNamespace
 
     from msafety_bench.metrics import LanguageMetrics
     from msafety_bench.metrics.correction import CorrectedASR
+    from msafety_bench.presets import reference_line
     from msafety_bench.results import read_results, summary_table
 
     for path in args.files:
@@ -72,6 +90,9 @@ def cmd_summary(args) -> None:
         print(f"{path}: model {data['model']['name']}, editor {data['editor']['name']}, judge {data['judge']['name']}")
         corrected = {lang: CorrectedASR.from_dict(m.get("asr_corrected")) for lang, m in data["metrics"]["languages"].items()}
         print("\n".join(summary_table(SimpleNamespace(metrics=metrics, meta={"model": data["model"]}), corrected)))
+        reference = reference_line(data.get("preset"), data["editor"]["name"], [m.asr for m in metrics.values()])
+        if reference:
+            print(reference)
 
 
 def cmd_rejudge(args) -> None:
@@ -193,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     sub.add_parser("models", help="list model aliases").set_defaults(func=cmd_models)
     sub.add_parser("languages", help="list languages and tiers").set_defaults(func=cmd_languages)
+    sub.add_parser("presets", help="list presets and the published numbers they reproduce").set_defaults(func=cmd_presets)
     p = sub.add_parser("summary", help="print the table of results files")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_summary)

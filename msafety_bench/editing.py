@@ -186,6 +186,7 @@ EDITORS = Registry("editor", ENTRY_POINT_GROUP, {
     "sparse": "msafety_bench.editors.sparse:SparseEditor",
     "steering": "msafety_bench.editors.steering:SteeringEditor",
     "sft": "msafety_bench.editors.sft:SftEditor",
+    "mpo": "msafety_bench.editors.mpo:MpoEditor",
 })
 
 

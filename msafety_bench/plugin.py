@@ -118,8 +118,11 @@ class MsbSession:
                 return self.preset.options[name]
             return value
 
+        editor_opts = list(opt("editor_opt"))
+        if self.preset:
+            editor_opts = self.preset.editor_opts(opt("editor"), editor_opts, opt("editor_config")) + editor_opts
         self.options = RunOptions(
-            model=opt("model"), editor=opt("editor"), editor_opts=list(opt("editor_opt")),
+            model=opt("model"), editor=opt("editor"), editor_opts=editor_opts,
             editor_config=opt("editor_config"), dataset=opt("dataset"), languages=opt("languages"),
             limit=opt("limit"), judge=opt("judge"), judge_model=opt("judge_model"), judge_url=opt("judge_url"),
             judge_opts=list(opt("judge_opt")), judge_backend=opt("judge_backend"), backend=opt("backend"),
@@ -132,7 +135,10 @@ class MsbSession:
             device=opt("device"), dtype=opt("dtype"), trust_remote_code=opt("trust_remote_code"),
             progress=not opt("no_progress"),
         )
-        self.utility_tasks = [t.strip() for t in (opt("utility_tasks") or "").split(",") if t.strip()]
+        from msafety_bench.utility import parse_task_specs
+
+        # NAME or NAME:FILE.tsv (a local MGSM-layout file run as task NAME)
+        self.utility_tasks, self.utility_files = parse_task_specs(opt("utility_tasks"))
         self.utility_limit = opt("utility_limit") or None
         self.max_utility_drop = opt("max_utility_drop")
         self.max_kl = opt("max_kl")
@@ -312,12 +318,22 @@ class MsbSession:
         if self.drift:
             tr.write_line("drift on harmless text (KL nats, perplexity ratio): " + ", ".join(
                 f"{lang} {d['kl']:.4f}/{d['ppl_ratio']:.3f}" for lang, d in self.drift.items()))
+        reference = self.reference_line()
+        if reference:
+            tr.write_line(reference)
         if self.results_path:
             tr.write_line(f"results: {self.results_path}")
         if self.report_written:
             tr.write_line(f"report: {self.report_written}")
         if self.baseline_written:
             tr.write_line(f"baseline written: {self.baseline_written}")
+
+    def reference_line(self) -> str | None:
+        """This run's mean ASR beside the paper's published figure for the preset's row, if it has one."""
+        from msafety_bench.presets import reference_line
+
+        return reference_line(self.preset and self.preset.name, self.options.editor,
+                              [m.asr for m in self.run.metrics.values()])
 
     def write_gate_summary(self, tr) -> None:
         gates = self._gates
@@ -368,13 +384,14 @@ class MsbSession:
         run = self.run
         tasks = self.utility_task_names()
         with tempfile.TemporaryDirectory(prefix="msb-tasks-") as folder:
-            include = write_offline_tasks(Path(folder))
+            include = write_offline_tasks(Path(folder), self.utility_files)
 
             def evaluate(names):
                 return run_lm_eval(run.loaded, names, self.utility_limit, include, seed=self.options.seed)
 
             cache = None if self.options.no_cache else self.options.cache_path
-            base = cached_base_scores(cache, run.base_fingerprint, tasks, self.utility_limit, evaluate)
+            base = cached_base_scores(cache, run.base_fingerprint, tasks, self.utility_limit, evaluate,
+                                      {t: self.utility_files[t] for t in tasks if t in self.utility_files})
             if run.edit.fingerprint == "none":
                 edited = base
             else:

@@ -71,15 +71,50 @@ def _plt():
     return plt
 
 
-def asr_chart(runs: list[dict], langs: list[str]) -> str:
+def mean_asr(run: dict, langs: list[str] | None = None) -> float | None:
+    """Mean ASR (%) over the run's languages (those of ``langs`` when given)."""
+    metrics = run["metrics"]["languages"]
+    values = [m["asr"] for lang, m in metrics.items() if m.get("asr") is not None and (langs is None or lang in langs)]
+    return 100 * sum(values) / len(values) if values else None
+
+
+def references(runs: list[dict]) -> list[dict]:
+    """The published numbers of the presets the runs used: one row per (preset, editor), with the mean
+    ASR of the runs of that preset and editor beside it."""
+    from msafety_bench.presets import PRESETS
+
+    rows = []
+    for name in dict.fromkeys(r.get("preset") for r in runs):
+        preset = PRESETS.get(name) if name else None
+        if not preset or not preset.reference:
+            continue
+        for editor, value in preset.reference.items():
+            measured = [(run_label(r), mean_asr(r)) for r in runs if r.get("preset") == name and r["editor"]["name"] == editor]
+            rows.append({"preset": name, "editor": editor, "published": value, "source": preset.reference_source,
+                         "measured": measured})
+    return rows
+
+
+def asr_chart(runs: list[dict], langs: list[str], marks: list[dict] | None = None) -> str:
+    """Grouped bars per language; with reference marks (a preset's published mean ASR), a ``mean`` group
+    of each run's mean ASR and a dashed mark per published row across it."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(langs) * max(1, len(runs)) / 2 + 3), 3.2))
+    slots = langs + (["mean"] if marks else [])
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(slots) * max(1, len(runs)) / 2 + 3), 3.2))
     width = 0.8 / len(runs)
     for k, run in enumerate(runs):
         metrics = run["metrics"]["languages"]
         values = [100 * (metrics.get(lang, {}).get("asr") or 0) for lang in langs]
-        ax.bar([i + k * width for i in range(len(langs))], values, width, label=run_label(run))
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(langs))], langs)
+        if marks:
+            values.append(mean_asr(run) or 0)
+        ax.bar([i + k * width for i in range(len(slots))], values, width, label=run_label(run))
+    if marks:
+        left, right = len(langs) - width / 2, len(langs) + 0.8 - width / 2
+        for mark in marks:
+            ax.hlines(mark["published"], left, right, colors="black", linestyles="--", linewidth=1)
+            ax.text(right + 0.05, mark["published"], f"paper {mark['editor']} {mark['published']:.1f}",
+                    fontsize=6, va="center")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(slots))], slots)
     ax.set_ylabel("ASR (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, ncols=min(3, len(runs)))
@@ -152,6 +187,7 @@ def build_context(runs: list[dict]) -> dict:
     utility_tasks = []
     for run in runs:
         utility_tasks += [t for t in (run.get("utility") or {}).get("tasks", {}) if t not in utility_tasks]
+    marks = references(runs)
     drift_langs = [lang for lang in langs if any(lang in (r.get("utility") or {}).get("drift", {}) for r in runs)]
     samples = {}
     for k, run in enumerate(runs):
@@ -166,7 +202,8 @@ def build_context(runs: list[dict]) -> dict:
             "corrected_notes": [{"run": label, "note": note, "langs": ls} for (label, note), ls in corrected_notes.items()],
             "any_outside_competence": any(r["outside_competence"] for r in rows),
             "min_usable_pct": round(100 * MIN_USABLE_HARMLESS),
-            "asr_svg": asr_chart(runs, langs), "diagnostics": diagnostics, "utility_tasks": utility_tasks,
+            "asr_svg": asr_chart(runs, langs, marks), "references": marks,
+            "diagnostics": diagnostics, "utility_tasks": utility_tasks,
             "drift_langs": drift_langs, "drill": drill,
             "config_json": [json.dumps(r["editor"].get("config") or [p.get("config") for p in _editor_parts(r["editor"])],
                                        sort_keys=True) for r in runs]}

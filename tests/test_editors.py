@@ -19,6 +19,7 @@ FAST = {
     "steering": [],
     "steering-ablate": ["mode=ablate"],
     "sft": ["steps=3", "harmless_per_language=2", "answer_tokens=4", "batch_size=4"],
+    "mpo": ["steps=3", "harmful_per_language=2", "answer_tokens=4", "batch_size=2", "rank=4"],
 }
 
 
@@ -39,7 +40,7 @@ def _logits(loaded):
 
 
 def test_builtins_are_registered_through_entry_points():
-    assert {"none", "sparse", "steering", "sft"} <= set(editor_names())
+    assert {"none", "sparse", "steering", "sft", "mpo"} <= set(editor_names())
 
 
 @pytest.mark.parametrize("name", list(FAST))
@@ -174,6 +175,8 @@ def test_third_party_editor_through_the_entry_point_group(tmp_path):
     ("sparse", [], True),
     ("steering", ["--editor-opt", "mode=ablate"], False),
     ("sft", ["--editor-opt", f"steps=2", "--editor-opt", "harmless_per_language=1", "--editor-opt", "answer_tokens=2"], False),
+    ("mpo", ["--editor-opt", "steps=2", "--editor-opt", "harmful_per_language=1", "--editor-opt", "answer_tokens=2",
+             "--editor-opt", "languages=bn"], False),
 ])
 def test_export_writes_a_loadable_edited_model(tiny, tmp_path, editor, opts, exact):
     """The exported folder loads as a normal model and behaves like the model inside the edit."""

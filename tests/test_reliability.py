@@ -294,8 +294,8 @@ def test_leaderboard_markdown_and_csv_are_neutralised(real_results, tmp_path):
     md = (tmp_path / "lb.md").read_text()
     assert "<script" not in md and "<img" not in md
     assert "&lt;script&gt;alert\\(1\\)&lt;/script&gt;" in md and "\\|x" in md
-    # 15 columns (raw and corrected ASR per tier): a "|" in a name must not add one
-    assert all(line.count(" | ") == 14 for line in md.splitlines() if line.startswith("| ") and "---" not in line)
+    # every row has as many cells as the header (15 columns since the judge-corrected ones were added)
+    assert {line.count(" | ") for line in md.splitlines() if line.startswith("| ") and "---" not in line} == {14}
     with open(tmp_path / "lb.csv", newline="", encoding="utf-8") as fh:
         models = [row["model"] for row in csv.DictReader(fh)]
     assert sorted(models) == sorted(["'=HYPERLINK(\"http://evil\",\"x\")", "'+1+cmd", "'@SUM(A1)", "'-2+3",

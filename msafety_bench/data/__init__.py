@@ -94,14 +94,39 @@ def load_multijail(path: str | None) -> list[PromptRecord]:
 
 
 def load_strongreject(path: str | None) -> list[PromptRecord]:
-    """StrongREJECT: English forbidden prompts with a category, all harmful, all used for evaluation."""
+    """StrongREJECT: forbidden prompts with a category, all harmful, all used for evaluation.
+
+    English (the hub's layout): columns ``category, forbidden_prompt``. Multilingual, a translated file:
+    either long, one row per prompt and language with a ``lang`` column (and optionally ``id``: rows
+    sharing it are parallel; without it the n-th row of each language is), or wide, one row per prompt
+    with ``forbidden_prompt`` (English) and ``forbidden_prompt_<lang>`` columns.
+    """
     rows = _load_table(path, "csv", STRONGREJECT_HUB_ID, ("category", "forbidden_prompt"), "strongreject")
-    return [
-        PromptRecord(f"sr-{i:04d}", "en", str(row["forbidden_prompt"]).strip(), "harmful",
-                     str(row["category"] or "uncategorized"), "eval")
-        for i, row in enumerate(rows)
-        if row["forbidden_prompt"] and str(row["forbidden_prompt"]).strip()
-    ]
+    records: list[PromptRecord] = []
+    seen: Counter = Counter()
+    for row in rows:
+        category = str(row.get("category") or "uncategorized").strip() or "uncategorized"
+        if "lang" in row:
+            lang = str(row["lang"] or "").strip().lower()
+            if not lang:
+                raise UsageError(f"strongreject:{path}: a row has an empty lang: give every row a language code")
+            key = str(row["id"]).strip() if row.get("id") not in (None, "") else f"{seen[lang]:04d}"
+            seen[lang] += 1
+            texts = {lang: row["forbidden_prompt"]}
+        else:
+            key = f"{seen['']:04d}"
+            seen[""] += 1
+            texts = {"en": row["forbidden_prompt"]}
+            texts.update({c[len("forbidden_prompt_"):].lower(): v for c, v in row.items()
+                          if c.startswith("forbidden_prompt_")})
+        for lang, text in texts.items():
+            if text and str(text).strip():
+                records.append(PromptRecord(f"sr-{key}", lang, str(text).strip(), "harmful", category, "eval"))
+    duplicates = [k for k, n in Counter((r.id, r.lang) for r in records).items() if n > 1]
+    if duplicates:
+        raise UsageError(f"strongreject:{path}: (id, lang) {duplicates[0]} occurs more than once: ids must be "
+                         "unique per language")
+    return records
 
 
 def load_csv(path: str | None) -> list[PromptRecord]:
@@ -122,9 +147,9 @@ def load_generic(path: str | None, fmt: str) -> list[PromptRecord]:
         label = str(row["label"]).strip().lower()
         split = str(row.get("split") or "eval").strip().lower()
         if label not in LABELS:
-            raise UsageError(f"{path}: row {i} has label '{row['label']}': labels must be harmful or harmless")
+            raise UsageError(f"{path}: row {i} has label {str(row['label'])!r}: labels must be harmful or harmless")
         if split not in SPLITS:
-            raise UsageError(f"{path}: row {i} has split '{row.get('split')}': splits are calibration or eval")
+            raise UsageError(f"{path}: row {i} has split {str(row.get('split'))!r}: splits are calibration or eval")
         if row["prompt"] is not None and not isinstance(row["prompt"], str):
             raise UsageError(f"{path}: row {i} has a prompt that is not text: write the prompt as a string")
         if not str(row["prompt"] or "").strip():
@@ -247,11 +272,23 @@ def select_languages(spec: str | None, available: list[str], dataset: str) -> li
         elif item in available:
             chosen.append(item)
         else:
+            hint = (" (the hub's StrongREJECT is English only: pass your translated file as --dataset "
+                    "strongreject:FILE.csv with a lang column or forbidden_prompt_<lang> columns)"
+                    if dataset == "strongreject" else "")
             raise UsageError(
                 f"language '{item}' is not in dataset {dataset}: choose from {', '.join(available)} "
-                f"or a tier ({', '.join(TIERS)}), latin or all"
+                f"or a tier ({', '.join(TIERS)}), latin or all{hint}"
             )
     unique = list(dict.fromkeys(chosen))
     if not unique:
         raise UsageError(f"--languages '{spec}' selects no language of dataset {dataset}")
     return unique
+
+
+def check_language_spec(spec: str | None) -> None:
+    """A ``--languages``-style spec names only known codes, tiers, ``latin`` or ``all``; checked without a
+    dataset, so an option typo fails before any model loads. Raises ValueError with the choices."""
+    for item in (part.strip().lower() for part in (spec or "").split(",")):
+        if item and item not in LANGUAGES and item not in TIERS and item not in ("latin", "all"):
+            raise ValueError(f"unknown language '{item}': use codes ({', '.join(LANGUAGES)}), a tier "
+                             f"({', '.join(TIERS)}), latin or all")

@@ -47,12 +47,17 @@ def run_lm_eval(loaded, tasks: list[str], limit: int | None, include_path: Path 
     return scores
 
 
-def cached_base_scores(cache_dir: Path | None, base_fp: str, tasks: list[str], limit, compute) -> dict:
-    """Scores of the unedited model, kept per (base fingerprint, task, limit) so reruns skip them."""
+def cached_base_scores(cache_dir: Path | None, base_fp: str, tasks: list[str], limit, compute,
+                       files: dict[str, str] | None = None) -> dict:
+    """Scores of the unedited model, kept per (base fingerprint, task, limit, and the content of a
+    task's local data file) so reruns skip them."""
     from msafety_bench.safeio import atomic_write_text, child_path
 
+    digests = {t: hashlib.sha256(Path(f).read_bytes()).hexdigest() for t, f in (files or {}).items()}
+
     def path(task):
-        key = hashlib.sha256(json.dumps([base_fp, task, limit]).encode()).hexdigest()[:16]
+        parts = [base_fp, task, limit] + ([digests[task]] if task in digests else [])
+        key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
         return child_path(Path(cache_dir) / "utility", f"{task}-{key}", ".json") if cache_dir else None
 
     def cached(task):  # a damaged entry counts as missing and is computed (and written) again
