@@ -244,7 +244,8 @@ def build_pairs(loaded, calibration, config: MpoConfig, context) -> tuple[list[P
     """Target/English pairs of the harmful calibration prompts, and per language how many rejected
     answers are the model's own (``own``) or written (``written``)."""
     from msafety_bench.data import select_languages
-    from msafety_bench.generation import GenerationSettings, generate_responses
+    from msafety_bench.engines.hf import generate_responses
+    from msafety_bench.generation import GenerationSettings
     from msafety_bench.judges import get_judge, judge_all
 
     available = list(dict.fromkeys(r.lang for r in calibration))

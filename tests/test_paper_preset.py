@@ -145,12 +145,8 @@ def test_bad_editor_option_under_the_preset_is_one_usage_line(pytester):
 
 
 def _offline_paper_run(pytester, tmp_path, editor_args):
-    # Imported before the in-process run: pytester drops modules first imported inside it, and numpy
-    # cannot be imported a second time in one process (the report and summary below need it).
-    import matplotlib.pyplot  # noqa: F401
-    import numpy  # noqa: F401
-    import torch  # noqa: F401
-
+    """A suite run in a subprocess: the suite files' names (test_utility.py) would clash with this
+    project's own test modules in one process."""
     for name in ("test_asr.py", "test_overrefusal.py", "test_utility.py"):
         with open(os.path.join(REPO, "suites", name), encoding="utf-8") as fh:
             pytester.makepyfile(**{name[:-3]: fh.read()})
@@ -158,7 +154,7 @@ def _offline_paper_run(pytester, tmp_path, editor_args):
     tsv = tmp_path / "mgsm_bn.tsv"
     tsv.write_text("\n".join(MGSM_ROWS) + "\n", encoding="utf-8")
     results = tmp_path / "results"
-    result = pytester.runpytest(
+    result = pytester.runpytest_subprocess(
         "--preset", "paper", "--model", "tiny-qwen2", "--dataset", f"strongreject:{csv_path}", "--judge", "refusal",
         "--utility-tasks", f"mgsm_direct_bn:{tsv}", "--utility-limit", "2", "--limit", "1", "--max-new-tokens", "4",
         "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(results), "--no-progress",
