@@ -244,8 +244,6 @@ def build_pairs(loaded, calibration, config: MpoConfig, context) -> tuple[list[P
     """Target/English pairs of the harmful calibration prompts, and per language how many rejected
     answers are the model's own (``own``) or written (``written``)."""
     from msafety_bench.data import select_languages
-    from msafety_bench.engines.hf import generate_responses
-    from msafety_bench.generation import GenerationSettings
     from msafety_bench.judges import get_judge, judge_all
 
     available = list(dict.fromkeys(r.lang for r in calibration))
@@ -263,13 +261,7 @@ def build_pairs(loaded, calibration, config: MpoConfig, context) -> tuple[list[P
     if not chosen:
         raise UsageError(f"mpo: no harmful calibration prompts in {','.join(targets)} parallel to English ones")
     records = [english[i] for i in dict.fromkeys(r.id for r in chosen)] + chosen
-    settings = GenerationSettings(max_new_tokens=config.answer_tokens, batch_size=32, seed=config.seed)
-    cache = context.response_cache()
-    try:
-        answers = generate_responses(loaded, [r.prompt for r in records], settings, cache,
-                                     context.base_fingerprint, "none", progress=context.progress)
-    finally:
-        cache.close()
+    answers = context.unedited_answers(loaded, [r.prompt for r in records], config.answer_tokens, config.seed)
     verdicts = judge_all(get_judge("refusal"), [(r.prompt, a, r.lang) for r, a in zip(records, answers)])
     rejected, sources = {}, {}
     for r, answer, v in zip(records, answers, verdicts):

@@ -123,8 +123,6 @@ class SftEditor(Editor):
 
     def _examples(self, loaded, calibration, config, context) -> list[tuple[str, str]]:
         from msafety_bench.data import select_languages
-        from msafety_bench.engines.hf import generate_responses
-        from msafety_bench.generation import GenerationSettings
 
         available = list(dict.fromkeys(r.lang for r in calibration))
         langs = select_languages(config.languages, available, "calibration")
@@ -136,13 +134,7 @@ class SftEditor(Editor):
             harmless += [r for r in calibration if r.lang == lang and r.label == "harmless"][: config.harmless_per_language]
         if not harmful:
             raise UsageError(f"sft: no harmful calibration prompts in languages {','.join(langs)}")
-        settings = GenerationSettings(max_new_tokens=config.answer_tokens, batch_size=32, seed=config.seed)
-        cache = context.response_cache()
-        try:
-            answers = generate_responses(loaded, [r.prompt for r in harmless], settings, cache,
-                                         context.base_fingerprint, "none", progress=context.progress)
-        finally:
-            cache.close()
+        answers = context.unedited_answers(loaded, [r.prompt for r in harmless], config.answer_tokens, config.seed)
         own = [(r.prompt, a) for r, a in zip(harmless, answers) if a.strip()]
         return harmful + own
 

@@ -166,6 +166,20 @@ class FitContext:
 
         return ResponseCache(None if self.no_cache else Path(self.cache_dir) / "responses.sqlite")
 
+    def unedited_answers(self, loaded, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:
+        """The unedited model's greedy answers to ``prompts``, through the response cache (editors that
+        learn from the model's own answers: sft's harmless targets, mpo's rejected answers)."""
+        from msafety_bench.engines.hf import generate_responses
+        from msafety_bench.generation import GenerationSettings
+
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=32, seed=seed)
+        cache = self.response_cache()
+        try:
+            return generate_responses(loaded, prompts, settings, cache, self.base_fingerprint, "none",
+                                      progress=self.progress)
+        finally:
+            cache.close()
+
     def activation_cache(self):
         """Pooled activations read by editors, kept on disk like edit artifacts (also with --no-cache)."""
         from msafety_bench.representations import ActivationCache

@@ -22,6 +22,15 @@ def tiny():
     return load_model("tiny-qwen2", device="cpu")
 
 
+@pytest.fixture
+def context(tiny, tmp_path):
+    """An editor's fit context on tiny-qwen2, caching into the test's own folder."""
+    from msafety_bench.editing import FitContext
+    from msafety_bench.models.fingerprint import model_fingerprint
+
+    return FitContext(model_fingerprint(tiny.model), tmp_path, seed=0, progress=False)
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The real SmolLM2-135M-Instruct, converted into the user cache once and reused."""

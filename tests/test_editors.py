@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from msafety_bench.data import load_msb_core
-from msafety_bench.editing import FitContext, build_edit, editor_names, get_editor, parse_config
+from msafety_bench.editing import build_edit, editor_names, get_editor, parse_config
 from msafety_bench.errors import UsageError
 from msafety_bench.models.fingerprint import model_fingerprint
 
@@ -26,11 +26,6 @@ FAST = {
 @pytest.fixture(scope="module")
 def calibration():
     return [r for r in load_msb_core() if r.split == "calibration" and r.lang in ("en", "bn", "sw")]
-
-
-@pytest.fixture
-def context(tiny, tmp_path):
-    return FitContext(model_fingerprint(tiny.model), tmp_path, seed=0, progress=False)
 
 
 def _logits(loaded):

@@ -6,7 +6,7 @@ import torch
 
 from msafety_bench.editors.sparse import EditProblem
 from msafety_bench.data import load_msb_core
-from msafety_bench.editing import FitContext, build_edit, get_editor, parse_config
+from msafety_bench.editing import build_edit, get_editor, parse_config
 from msafety_bench.errors import UsageError
 from msafety_bench.models.fingerprint import model_fingerprint
 from msafety_bench.representations import collect
@@ -17,11 +17,6 @@ SOURCE, TARGETS = "en", ("bn", "sw")
 @pytest.fixture(scope="module")
 def calibration():
     return [r for r in load_msb_core() if r.split == "calibration" and r.lang in (SOURCE, *TARGETS)]
-
-
-@pytest.fixture
-def context(tiny, tmp_path):
-    return FitContext(model_fingerprint(tiny.model), tmp_path, seed=0, progress=False)
 
 
 def _logits(loaded):

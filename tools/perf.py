@@ -102,6 +102,7 @@ def child(row: str, args) -> dict:
         t0 = time.perf_counter()
         answers = generate_cached(engine, rendered, settings, cache, "none", progress=False)
         out["gen_s"] = time.perf_counter() - t0
+        engine.close()
         out["batch_size"] = batch
         if row == "vllm":
             tok = loaded.tokenizer
@@ -145,16 +146,17 @@ def measure(row: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", row, "--work", args.work, "--model", args.model,
            "--languages", args.languages, "--per-language", str(args.per_language),
            "--max-new-tokens", str(args.max_new_tokens), "--sft-steps", str(args.sft_steps)]
+    out = Path(args.work) / f"result-{row.replace(':', '-')}.json"
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
-        stdout = proc.stdout.read()
+        # Engines print to stdout (vLLM does): the result travels in a file, the output goes to the log.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not out.is_file():
             log.seek(0)
             last = [line for line in log.read().splitlines() if line.strip()][-1:]
-            return {"error": f"exit {proc.returncode}: {last[0] if last else ''}"[:200]}
-    result = json.loads(stdout.strip().splitlines()[-1])
+            return {"error": f"exit {code}: {last[0] if last else ''}"[:200]}
+    result = json.loads(out.read_text(encoding="utf-8"))
     result["peak_rss_gib"] = usage.ru_maxrss / 2**20  # KiB on Linux
     return result
 
@@ -225,7 +227,10 @@ def main() -> None:
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args)), flush=True)
+        from msafety_bench.safeio import atomic_write_text
+
+        result = child(args.child, args)
+        atomic_write_text(Path(args.work) / f"result-{args.child.replace(':', '-')}.json", json.dumps(result))
         return
 
     from msafety_bench.errors import UsageError
@@ -265,6 +270,8 @@ def main() -> None:
                     results[row] = {"skipped": "not installed: make vllm"}
                     continue
             results[row] = measure(row, args)
+            # Each row as soon as it is measured (the table's last line): a later failure loses nothing.
+            print(table(results, args).splitlines()[-1], file=sys.stderr, flush=True)
     load = os.getloadavg()
     print(f"\nSmolLM2 ({args.model}), {args.per_language} harmful prompts per language in {args.languages}, "
           f"{args.max_new_tokens} new tokens, greedy, response cache off (the default row fills an empty one that the warm row reads); "
