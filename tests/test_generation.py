@@ -67,22 +67,6 @@ def test_interrupted_run_resumes_where_it_stopped(tiny, tmp_path):
     assert resumed == fresh
 
 
-def _generate_one_at_a_time(loaded, rendered, max_new_tokens, eos):
-    """transformers' own greedy ``generate``, one prompt at a time: the reference the engine must match."""
-    import torch
-
-    tok, out = loaded.tokenizer, []
-    for r in rendered:
-        enc = tok([r], return_tensors="pt", add_special_tokens=False)
-        with torch.no_grad():
-            ids = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                        top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=eos)
-        out.append(ids[0, enc["input_ids"].shape[1]:].tolist())
-    return out
-
-
-
-
 @pytest.fixture(scope="module")
 def varied(tiny):
     """tiny-qwen2's shape with untied, differently seeded weights: its greedy answers differ from prompt to
