@@ -81,7 +81,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--asr", default="raw", choices=("raw", "corrected"),
                 help="ASR the gates use: raw (default) or judge-corrected (--max-asr, regression gate)")
     g.addoption("--judge-validation", default=None, metavar="NAME|FILE|none",
-                help="labelled set that measures the judge for the corrected ASR: a named set (heldout-v4, heldout-v3, ...), "
+                help="labelled set that measures the judge for the corrected ASR: a named set (heldout-v5, heldout-v4, ...), "
                      "a CSV or none (default: the newest held-out set; model judges only with a set given)")
     g.addoption("--max-over-refusal", type=float, default=None,
                 help="fail a language whose over-refusal exceeds this (0-1)")

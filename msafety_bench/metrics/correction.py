@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # The validation set used when --judge-validation is not given: the newest held-out set.
-DEFAULT_VALIDATION_SET = "heldout-v4"
+DEFAULT_VALIDATION_SET = "heldout-v5"
 # A language needs at least this many human-"unsafe" and this many human-"not unsafe" rows: below it,
 # one mislabelled answer moves sensitivity or specificity by more than 20 points.
 MIN_VALIDATION_ROWS = 5
