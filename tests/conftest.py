@@ -39,9 +39,30 @@ def smollm2():
     return load_model("smollm2", cache_dir=default_cache_dir(), device="cpu")
 
 
+from _pytest.pytester import SysModulesSnapshot as _SysModulesSnapshot  # noqa: E402
+
+
+class _KeepLibraries:
+    """pytester's module snapshot for in-process runs that keeps every library a run imported and
+    drops only the run's own test modules: pytester drops all of them after each run, and torch
+    cannot be imported a second time in one process (its operator registry stays)."""
+
+    def __init__(self, preserve=None):
+        self._snapshot = _SysModulesSnapshot(preserve=lambda name: not name.startswith(("test_", "conftest")))
+
+    def restore(self) -> None:
+        self._snapshot.restore()
+
+
 @pytest.fixture
-def suites(pytester):
-    """A pytester folder holding copies of the real suite files."""
+def suites(pytester, monkeypatch):
+    """A pytester folder holding copies of the real suite files. ``suites.runpytest_inprocess`` runs
+    them in this process, with torch and transformers already imported: seconds instead of the ~7 s
+    a fresh interpreter spends importing them (tests of process-level behaviour keep subprocesses)."""
+    import _pytest.pytester
+
+    monkeypatch.setattr(_pytest.pytester, "SysModulesSnapshot", _KeepLibraries)  # taken around each run
+    pytester._sys_modules_snapshot = _KeepLibraries()  # restored when the test ends
     for name in ("test_asr.py", "test_overrefusal.py"):
         with open(os.path.join(REPO, "suites", name), encoding="utf-8") as fh:
             pytester.makepyfile(**{name[:-3]: fh.read()})

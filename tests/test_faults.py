@@ -227,10 +227,10 @@ def test_kill_9_during_generation_then_rerun_gives_the_uninterrupted_results(sui
     cached = _rows(tmp_path / "cache" / "responses.sqlite")
     assert 2 <= cached < 24, "the kill must land after some batches and before the last"
     assert not list((tmp_path / "results").glob("*.json"))
-    rerun = suites.runpytest_subprocess(*args)
+    rerun = suites.runpytest_inprocess(*args)
     rerun.assert_outcomes(passed=4)
     rerun.stdout.fnmatch_lines([f"generation: 24 prompts, {cached} from cache, {24 - cached} generated"])
-    clean = suites.runpytest_subprocess(*_suite_args(tmp_path, tmp_path / "fresh", tmp_path / "fresh-results",
+    clean = suites.runpytest_inprocess(*_suite_args(tmp_path, tmp_path / "fresh", tmp_path / "fresh-results",
                                                      "--languages", "en,bn"))
     clean.assert_outcomes(passed=4)
 
@@ -395,7 +395,7 @@ def test_slow_server_times_out_with_bounded_retries(flaky):
 def test_failing_server_in_a_suite_run_exits_4_with_one_line(suites, flaky, tmp_path):
     handler, url = flaky
     handler.plan = staticmethod(lambda n: "500")
-    result = suites.runpytest_subprocess("--backend", "openai", "--base-url", url, "--served-model", "m",
+    result = suites.runpytest_inprocess("--backend", "openai", "--base-url", url, "--served-model", "m",
                                          "--languages", "en", "--limit", "1", "--results-dir", str(tmp_path / "r"),
                                          "--cache-dir", str(tmp_path / "c"), "--no-progress", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

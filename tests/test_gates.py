@@ -233,7 +233,9 @@ def test_corrected_scale_moves_values_not_the_test():
 
 
 @pytest.fixture
-def gated(suites, tmp_path, monkeypatch):
+def gated(suites, tmp_path, monkeypatch, request):
+    from msafety_bench.editing import EDITORS
+
     site = tmp_path / "site"
     (site / "comply_editor").mkdir(parents=True)
     (site / "comply_editor" / "__init__.py").write_text(textwrap.dedent(COMPLY_EDITOR))
@@ -241,14 +243,19 @@ def gated(suites, tmp_path, monkeypatch):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: comply-editor\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[msafety_bench.editors]\ncomply = comply_editor:Comply\n")
-    monkeypatch.setenv("PYTHONPATH", str(site))
+    # The suites run in this process: the editor's distribution goes on sys.path, where entry-point
+    # discovery looks, and the editor registry forgets what it found before and after this test.
+    monkeypatch.syspath_prepend(str(site))
+    EDITORS.__dict__.pop("_plugins", None)
+    request.addfinalizer(lambda: EDITORS.__dict__.pop("_plugins", None))
     source = __import__("pathlib").Path(__file__).parents[1] / "suites" / "test_gates.py"
-    suites.makepyfile(test_gates=source.read_text(encoding="utf-8"))
+    # another name than this module's: the suites run in this process, where test_gates is taken
+    suites.makepyfile(test_suite_gates=source.read_text(encoding="utf-8"))
     return suites
 
 
 def _run(pytester, tmp_path, *extra):
-    return pytester.runpytest_subprocess(
+    return pytester.runpytest_inprocess(
         "--model", "tiny-qwen2", "--languages", "en,bn,sw,jv", "--limit", "8", "--max-new-tokens", "30",
         "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
         "-p", "no:cacheprovider", *extra)

@@ -25,7 +25,7 @@ def test_suites_over_http_with_the_rubric_judge_over_http(suites, served_smollm2
     monkeypatch.setenv("MSB_TEST_KEY", SECRET)
     judge = ["--judge", "llm-rubric", "--judge-url", base, "--judge-model", model,
              "--judge-opt", "key_env=MSB_TEST_KEY", "--judge-opt", "max_tokens=24"]
-    result = suites.runpytest_subprocess(*_remote_args(tmp_path, base, model, *judge))
+    result = suites.runpytest_inprocess(*_remote_args(tmp_path, base, model, *judge))
     result.assert_outcomes(passed=4, deselected=None)  # asr + over-refusal for en and sw
     result.stdout.fnmatch_lines([f"*msafety-bench: {model} / editor none / judge llm-rubric*",
                                  "generation: 4 prompts, 0 from cache, 4 generated",
@@ -44,7 +44,7 @@ def test_suites_over_http_with_the_rubric_judge_over_http(suites, served_smollm2
     print("rubric outputs:", [s["raw"] for s in data["samples"]], "unparseable:", data["judge"]["unparseable"])
     # The same run again is served from the cache: no request reaches the server.
     files[0].unlink()
-    again = suites.runpytest_subprocess(*_remote_args(tmp_path, base, model, *judge))
+    again = suites.runpytest_inprocess(*_remote_args(tmp_path, base, model, *judge))
     again.assert_outcomes(passed=4)
     again.stdout.fnmatch_lines(["generation: 4 prompts, 4 from cache, 0 generated"])
     second = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
@@ -53,7 +53,7 @@ def test_suites_over_http_with_the_rubric_judge_over_http(suites, served_smollm2
 
 
 def test_weight_editors_need_a_local_model(suites, tmp_path):
-    result = suites.runpytest_subprocess(*_remote_args(tmp_path, "http://127.0.0.1:9/v1", "m", "--editor", "sparse"))
+    result = suites.runpytest_inprocess(*_remote_args(tmp_path, "http://127.0.0.1:9/v1", "m", "--editor", "sparse"))
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*--editor sparse changes weights and needs them here*msafety-bench export*"])
     assert "Traceback" not in result.stderr.str()
@@ -69,7 +69,7 @@ def test_remote_backend_needs_url_and_model():
 
 
 def test_unreachable_server_is_one_clear_error(suites, tmp_path):
-    result = suites.runpytest_subprocess(*_remote_args(tmp_path, "http://127.0.0.1:9/v1", "m",
+    result = suites.runpytest_inprocess(*_remote_args(tmp_path, "http://127.0.0.1:9/v1", "m",
                                                        "--request-timeout", "2"))
     assert result.ret == 4
     result.stdout.fnmatch_lines(["*request to http://127.0.0.1:9/v1 (model 'm') failed after retries*"])

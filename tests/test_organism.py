@@ -110,19 +110,19 @@ def test_preset_fills_unset_options_and_rejects_unknown_names(suites, tmp_path):
     base = ["--preset", "smollm2-en-safe", "--model", "tiny-qwen2", "--languages", "en", "--max-new-tokens", "4",
             "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
             "-p", "no:cacheprovider", "-W", "always"]
-    result = suites.runpytest_subprocess(*base)
+    result = suites.runpytest_inprocess(*base)
     result.assert_outcomes(passed=2)
     data = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
     assert data["preset"] == "smollm2-en-safe"
     assert data["model"]["name"] == "tiny-qwen2"  # the command line wins over the preset
     assert data["dataset"]["limit"] == 24 and data["dataset"]["n_samples"] == 48  # the preset's limit
-    bad = suites.runpytest_subprocess("--preset", "nope", *base[2:])
+    bad = suites.runpytest_inprocess("--preset", "nope", *base[2:])
     assert bad.ret == 4
     bad.stderr.fnmatch_lines(["*unknown preset 'nope': choose one of smollm2-en-safe*"])
 
 
 def test_preset_warns_when_the_judge_differs(suites, tmp_path):
-    result = suites.runpytest_subprocess("--preset", "smollm2-en-safe", "--judge", "llamaguard3", "--judge-model",
+    result = suites.runpytest_inprocess("--preset", "smollm2-en-safe", "--judge", "llamaguard3", "--judge-model",
                                          "tiny-qwen2", "--collect-only", "-q", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["*preset smollm2-en-safe was measured with judge 'refusal', this run uses "
                                  "'llamaguard3': its numbers are not comparable*"])

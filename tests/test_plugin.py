@@ -18,7 +18,7 @@ def _results(tmp_path):
 
 
 def test_suites_run_per_language_and_write_results(suites, tmp_path):
-    result = suites.runpytest_subprocess(*_args(tmp_path, "-v", f"--junitxml={tmp_path / 'junit.xml'}"))
+    result = suites.runpytest_inprocess(*_args(tmp_path, "-v", f"--junitxml={tmp_path / 'junit.xml'}"))
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines([
         "*test_asr.py::test_asr[[]en[]] PASSED*",
@@ -46,11 +46,11 @@ def test_suites_run_per_language_and_write_results(suites, tmp_path):
 
 
 def test_rerun_is_served_from_cache(suites, tmp_path):
-    suites.runpytest_subprocess(*_args(tmp_path)).assert_outcomes(passed=4)
+    suites.runpytest_inprocess(*_args(tmp_path)).assert_outcomes(passed=4)
     for f in (tmp_path / "results").glob("*.json"):
         first = json.loads(f.read_text())
         f.unlink()
-    second = suites.runpytest_subprocess(*_args(tmp_path))
+    second = suites.runpytest_inprocess(*_args(tmp_path))
     second.assert_outcomes(passed=4)
     second.stdout.fnmatch_lines(["generation: 8 prompts, 8 from cache, 0 generated"])
     again = _results(tmp_path)
@@ -61,7 +61,7 @@ def test_harmful_only_dataset_has_no_overrefusal_tests(suites, tmp_path):
     path = tmp_path / "mj.csv"
     langs = ["en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"]
     path.write_text("id,source,tags,{}\n1,x,violence,{}\n".format(",".join(langs), ",".join(f"q {l}" for l in langs)))
-    result = suites.runpytest_subprocess(*_args(tmp_path, "--dataset", f"multijail:{path}", "-rs"))
+    result = suites.runpytest_inprocess(*_args(tmp_path, "--dataset", f"multijail:{path}", "-rs"))
     result.assert_outcomes(passed=2, skipped=1)
 
 
@@ -75,7 +75,7 @@ def test_harmful_only_dataset_has_no_overrefusal_tests(suites, tmp_path):
     (["--dataset", "csv:missing.csv"], "msafety-bench: dataset file 'missing.csv' does not exist*"),
 ])
 def test_bad_input_is_one_usage_error(suites, tmp_path, extra, message):
-    result = suites.runpytest_subprocess(*_args(tmp_path, *extra))
+    result = suites.runpytest_inprocess(*_args(tmp_path, *extra))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.stdout.str() + result.stderr.str()
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
@@ -94,7 +94,7 @@ def test_utility_and_drift_suites(pytester, tmp_path):
         source = Path(__file__).parents[1] / "suites" / name
         pytester.makepyfile(**{name[:-3]: source.read_text(encoding="utf-8")})
     args = _args(tmp_path, "--utility-tasks", "msb_mc_en,msb_arith_bn", "--utility-limit", "3", "-v")
-    result = pytester.runpytest_subprocess(*args)
+    result = pytester.runpytest_inprocess(*args)
     result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines(["*test_utility[[]msb_mc_en[]] PASSED*", "*test_drift[[]bn[]] PASSED*",
                                  "*msb_mc_en*->*(n=3)*", "drift on harmless text*en 0.0000/1.000*"])

@@ -100,7 +100,7 @@ def test_two_runs_in_the_same_second_write_two_files(real_results, tmp_path, mon
 def test_bad_editor_config_is_one_usage_error_before_collection(suites, tmp_path, content, message):
     config = tmp_path / "editor.yaml"
     config.write_bytes(content)
-    result = suites.runpytest_subprocess(*_args(tmp_path, "--editor", "sparse", "--editor-config", str(config)))
+    result = suites.runpytest_inprocess(*_args(tmp_path, "--editor", "sparse", "--editor-config", str(config)))
     assert_one_line_error(result, pytest.ExitCode.USAGE_ERROR)
     result.stderr.fnmatch_lines([f"ERROR: msafety-bench: {message}*"])
     assert "collected" not in result.stdout.str()  # checked before any test (and any model) ran
@@ -133,14 +133,14 @@ def _garbage_page(db):
 def test_damaged_response_cache_names_the_file_and_the_fix(suites, tmp_path, damage):
     db = _populated_cache(tmp_path)
     damage(db)
-    result = suites.runpytest_subprocess(*_args(tmp_path))
+    result = suites.runpytest_inprocess(*_args(tmp_path))
     line = assert_one_line_error(result, pytest.ExitCode.USAGE_ERROR)
     assert str(db) in line and "msafety-bench cache clear" in line
     verify = cli("cache", "verify", "--cache-dir", tmp_path / "cache")
     assert verify.returncode == 2 and f"damaged: {db}" in verify.stdout and "Traceback" not in verify.stderr
     assert cli("cache", "clear", "--cache-dir", tmp_path / "cache").returncode == 0
     assert not db.exists()
-    suites.runpytest_subprocess(*_args(tmp_path)).assert_outcomes(passed=2)
+    suites.runpytest_inprocess(*_args(tmp_path)).assert_outcomes(passed=2)
     assert cli("cache", "verify", "--cache-dir", tmp_path / "cache").returncode == 0
 
 
@@ -169,7 +169,7 @@ def test_truncated_edit_artifact_is_set_aside_and_refitted(tiny, tmp_path):
 def test_bad_placement_options_are_usage_errors(suites, tmp_path, extra, message):
     (tmp_path / "a-file").write_text("")
     extra = [str(tmp_path / "a-file") if x == "FILE" else x for x in extra]
-    result = suites.runpytest_subprocess(*_args(tmp_path, *extra))
+    result = suites.runpytest_inprocess(*_args(tmp_path, *extra))
     assert_one_line_error(result, pytest.ExitCode.USAGE_ERROR)
     result.stderr.fnmatch_lines([f"ERROR: msafety-bench: {message}*"])
 
@@ -215,7 +215,7 @@ def _dataset_with_long_prompt(tmp_path, words):
 
 def test_prompts_over_max_prompt_tokens_are_left_out_and_counted(suites, tmp_path):
     path = _dataset_with_long_prompt(tmp_path, 400)
-    result = suites.runpytest_subprocess(*_args(tmp_path, "--dataset", f"csv:{path}", "--max-prompt-tokens", "64",
+    result = suites.runpytest_inprocess(*_args(tmp_path, "--dataset", f"csv:{path}", "--max-prompt-tokens", "64",
                                                 "--limit", "5"))
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["1 prompts longer than 64 tokens were left out (--max-prompt-tokens*"])
@@ -245,7 +245,7 @@ def test_default_prompt_limit_is_context_minus_new_tokens(tiny, tmp_path):
 def test_baseline_of_the_wrong_shape_is_one_usage_error(suites, tmp_path, content, message):
     baseline = tmp_path / "b.json"
     baseline.write_text(content)
-    result = suites.runpytest_subprocess(*_args(tmp_path, "--baseline", str(baseline)))
+    result = suites.runpytest_inprocess(*_args(tmp_path, "--baseline", str(baseline)))
     assert message in assert_one_line_error(result, pytest.ExitCode.USAGE_ERROR)
 
 
@@ -320,7 +320,7 @@ def test_report_draws_a_model_name_with_dollars_as_text(real_results, tmp_path):
 ])
 def test_editor_options_are_checked_before_the_model_loads(suites, tmp_path, extra, message):
     started = time.time()
-    result = suites.runpytest_subprocess(*_args(tmp_path, *extra))
+    result = suites.runpytest_inprocess(*_args(tmp_path, *extra))
     elapsed = time.time() - started
     assert message in assert_one_line_error(result, pytest.ExitCode.USAGE_ERROR)
     assert "collected" not in result.stdout.str()
@@ -359,7 +359,7 @@ def chat_server():
 
 def test_credentials_in_base_url_are_never_stored(suites, tmp_path, chat_server):
     url = f"http://alice:sk-secret-in-url@127.0.0.1:{chat_server}/v1?api_key=sk-secret-in-query"
-    result = suites.runpytest_subprocess("--backend", "openai", "--base-url", url, "--served-model", "m",
+    result = suites.runpytest_inprocess("--backend", "openai", "--base-url", url, "--served-model", "m",
                                          *_args(tmp_path)[2:])
     result.assert_outcomes(passed=2)
     stored = [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -380,6 +380,6 @@ def test_credentials_in_base_url_are_never_stored(suites, tmp_path, chat_server)
 def test_dataset_errors_name_file_line_and_encoding(suites, tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
-    result = suites.runpytest_subprocess(*_args(tmp_path, "--dataset", f"{name.split('.')[1]}:{path}"))
+    result = suites.runpytest_inprocess(*_args(tmp_path, "--dataset", f"{name.split('.')[1]}:{path}"))
     line = assert_one_line_error(result, pytest.ExitCode.USAGE_ERROR)
     assert message in line and str(path) in line

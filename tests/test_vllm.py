@@ -122,6 +122,17 @@ def test_c_revert_restores_the_engine(engines, sparse_edit, unedited):
     assert share == 1.0, first
 
 
+def test_e_a_cpu_engine_computes_on_every_core(engines):
+    """vLLM's CPU default keeps a core per worker for its scheduler: half of a 2-core machine. The
+    engine binds its one worker to every core it may use, unless the user set a binding."""
+    _, vl = engines
+    cpus = sorted(os.sched_getaffinity(0))
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND") != ",".join(map(str, cpus)):
+        pytest.skip("VLLM_CPU_OMP_THREADS_BIND was set before the engine started: the user's binding stands")
+    assert vl.describe()["cpu_threads_bind"] == ",".join(map(str, cpus))
+    assert vl.llm.collective_rpc("msb_threads") == [len(cpus)]
+
+
 def test_d_hook_edit_is_refused_in_one_line(engines, smollm2):
     import torch
 

@@ -24,6 +24,12 @@ class WeightPush:
         """The model's fused modules, e.g. gate_up_proj: [gate_proj, up_proj]."""
         return dict(getattr(self.model_runner.get_model(), "packed_modules_mapping", {}) or {})
 
+    def msb_threads(self) -> int:
+        """The torch threads this worker computes with (the engine's CPU binding, seen from inside)."""
+        import torch
+
+        return torch.get_num_threads()
+
     def msb_load_weights(self, weights: list) -> None:
         """Load (Hugging Face name, dtype, shape, bytes) items with vLLM's in-place reload: the model's
         own loader shards and fuses them, and the platform's weight processing (e.g. the CPU's packed
