@@ -55,18 +55,24 @@ class _KeepLibraries:
 
 
 @pytest.fixture
-def suites(pytester, monkeypatch):
-    """A pytester folder holding copies of the real suite files. ``suites.runpytest_inprocess`` runs
-    them in this process, with torch and transformers already imported: seconds instead of the ~7 s
-    a fresh interpreter spends importing them (tests of process-level behaviour keep subprocesses)."""
+def inprocess(pytester, monkeypatch):
+    """pytester whose ``runpytest_inprocess`` runs keep torch and transformers imported: seconds instead
+    of the ~7 s a fresh interpreter spends importing them (tests of process-level behaviour keep
+    subprocesses). Files it runs need names no module of tests/ has: both live in one process."""
     import _pytest.pytester
 
     monkeypatch.setattr(_pytest.pytester, "SysModulesSnapshot", _KeepLibraries)  # taken around each run
     pytester._sys_modules_snapshot = _KeepLibraries()  # restored when the test ends
+    return pytester
+
+
+@pytest.fixture
+def suites(inprocess):
+    """A pytester folder holding copies of the real suite files (see ``inprocess``)."""
     for name in ("test_asr.py", "test_overrefusal.py"):
         with open(os.path.join(REPO, "suites", name), encoding="utf-8") as fh:
-            pytester.makepyfile(**{name[:-3]: fh.read()})
-    return pytester
+            inprocess.makepyfile(**{name[:-3]: fh.read()})
+    return inprocess
 
 
 def pytest_addoption(parser):

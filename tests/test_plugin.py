@@ -87,14 +87,14 @@ def test_plugin_does_not_import_torch_at_load(pytester):
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 
-def test_utility_and_drift_suites(pytester, tmp_path):
+def test_utility_and_drift_suites(inprocess, tmp_path):
     from pathlib import Path
 
     for name in ("test_utility.py", "test_asr.py"):
         source = Path(__file__).parents[1] / "suites" / name
-        pytester.makepyfile(**{name[:-3]: source.read_text(encoding="utf-8")})
+        inprocess.makepyfile(**{f"test_suite_{name[5:-3]}": source.read_text(encoding="utf-8")})
     args = _args(tmp_path, "--utility-tasks", "msb_mc_en,msb_arith_bn", "--utility-limit", "3", "-v")
-    result = pytester.runpytest_inprocess(*args)
+    result = inprocess.runpytest_inprocess(*args)
     result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines(["*test_utility[[]msb_mc_en[]] PASSED*", "*test_drift[[]bn[]] PASSED*",
                                  "*msb_mc_en*->*(n=3)*", "drift on harmless text*en 0.0000/1.000*"])
