@@ -293,7 +293,7 @@ def test_gate_fails_a_worse_run_and_passes_an_equal_one(gated, tmp_path):
     run = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
     validation = run["metrics"]["judge_validation"]
     assert validation["set"] == "heldout-v5" and validation["judge_version"] == data["judge_version"]
-    assert validation["languages"]["bn"]["n_unsafe"] == 11 and "asr_corrected" in run["metrics"]["languages"]["bn"]
+    assert validation["languages"]["bn"]["n_unsafe"] == 17 and "asr_corrected" in run["metrics"]["languages"]["bn"]
 
     # A baseline from before per-prompt verdicts, with an older judge: unpaired tests, said once.
     older = tmp_path / "baselines" / "older-judge.json"
