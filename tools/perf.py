@@ -95,6 +95,7 @@ def child(row: str, args) -> dict:
 
             engine = VllmEngine(loaded, run.base_fingerprint, {"enforce_eager": True})
             out["engine_start_s"] = time.perf_counter() - t0
+            out["cpu_threads_bind"] = engine.describe().get("cpu_threads_bind")
         else:
             engine = run.make_engine()
         rendered = [engine.render(r.prompt, None) for r in records]
@@ -170,47 +171,38 @@ def table(results: dict, args) -> str:
         return f"{r['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in r else ""
 
     def gen_row(label, r):
-        if "error" in r:
-            return f"| {label} | failed: {r['error']} | | | |"
         rate = r["tokens"] / r["gen_s"]
         ratio = f"{rate / base_rate:.1f}x" if base_rate else ""
         return f"| {label} | {rate:.1f} | {ratio} | {r['gen_s']:.1f} | {rss(r)} |"
 
+    fits = {"sparse-first": "sparse, first fit", "sparse-refit": "sparse, refit from the activation cache",
+            "sft": "sft fit"}
     for row, r in results.items():
-        if row == "one-at-a-time":
+        if "error" in r:
+            lines.append(f"| {fits.get(row, row)} | failed: {r['error']} | | | |")
+        elif r.get("skipped"):
+            lines.append(f"| {row} | {r['skipped']} | | | |")
+        elif row == "one-at-a-time":
             lines.append(gen_row("`model.generate`, one prompt at a time", r))
         elif row == "hf-default":
             lines.append(gen_row(f"project, hf backend, default (`--batch-size {r.get('batch_size', '?')}`)", r))
         elif row.startswith("hf:"):
             lines.append(gen_row(f"project, hf backend, batch {row.split(':')[1]}", r))
         elif row == "vllm":
-            if r.get("skipped"):
-                lines.append(f"| vllm backend | {r['skipped']} | | | |")
-            else:
-                label = f"project, vllm backend (engine start {r.get('engine_start_s', 0):.0f} s, tokens re-counted)"
-                lines.append(gen_row(label, r))
+            bind = f", cores {r['cpu_threads_bind']}" if r.get("cpu_threads_bind") else ""
+            lines.append(gen_row(f"project, vllm backend (engine start {r.get('engine_start_s', 0):.0f} s{bind}, "
+                                 "tokens re-counted)", r))
         elif row == "warm":
-            if "error" in r:
-                lines.append(f"| warm rerun | failed: {r['error']} | | | |")
-            else:
-                lines.append(f"| warm rerun (second run, response cache on): model load {r['load_s']:.1f} s + "
-                             f"fingerprint {r['fingerprint_s']:.2f} s + answers {r['gen_s']:.2f} s "
-                             f"= load + {r['total_s'] - r['load_s']:.2f} s | | | {r['total_s']:.1f} | {rss(r)} |")
+            lines.append(f"| warm rerun (second run, response cache on): model load {r['load_s']:.1f} s + "
+                         f"fingerprint {r['fingerprint_s']:.2f} s + answers {r['gen_s']:.2f} s "
+                         f"= load + {r['total_s'] - r['load_s']:.2f} s | | | {r['total_s']:.1f} | {rss(r)} |")
         elif row == "fingerprint":
-            if "error" in r:
-                lines.append(f"| fingerprint | failed: {r['error']} | | | |")
-            else:
-                lines.append(f"| fingerprint of {r['weights_gib']:.2f} GiB of weights: in-memory hash (before) "
-                             f"{r['memory_s']:.2f} s; file hashes cold {r['cold_s']:.2f} s, warm {r['warm_s']:.3f} s "
-                             f"| | | | {rss(r)} |")
-        elif row in ("sparse-first", "sparse-refit", "sft"):
-            name = {"sparse-first": "sparse, first fit", "sparse-refit": "sparse, refit from the activation cache",
-                    "sft": "sft fit"}[row]
-            if "error" in r:
-                lines.append(f"| {name} | failed: {r['error']} | | | |")
-            else:
-                lines.append(f"| {name} ({r['options']}, {r['calibration']} calibration prompts) | | | "
-                             f"{r['fit_s']:.1f} | {rss(r)} |")
+            lines.append(f"| fingerprint of {r['weights_gib']:.2f} GiB of weights: in-memory hash (before) "
+                         f"{r['memory_s']:.2f} s; file hashes cold {r['cold_s']:.2f} s, warm {r['warm_s']:.3f} s "
+                         f"| | | | {rss(r)} |")
+        elif row in fits:
+            lines.append(f"| {fits[row]} ({r['options']}, {r['calibration']} calibration prompts) | | | "
+                         f"{r['fit_s']:.1f} | {rss(r)} |")
     return "\n".join(lines)
 
 

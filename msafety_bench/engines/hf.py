@@ -144,21 +144,13 @@ class HfEngine:
                 "attention": getattr(self.loaded.model.config, "_attn_implementation", None)}
 
 
-def generate_responses(
-    loaded,
-    prompts: list[str],
-    settings,
-    cache,
-    model_fp: str,
-    editor_fp: str,
-    progress: bool = True,
-    stats=None,
-) -> list[str]:
-    """Answers for ``prompts`` (plain user messages), in order, from transformers in process."""
+def generate_responses(loaded, prompts: list[str], settings, *args, **kwargs) -> list[str]:
+    """Answers for ``prompts`` (plain user messages), in order, from transformers in process; the
+    other arguments are ``generate_rendered``'s."""
     from msafety_bench.generation import render_prompt
 
     rendered = [render_prompt(loaded.tokenizer, p, settings.system_prompt) for p in prompts]
-    return generate_rendered(loaded, rendered, settings, cache, model_fp, editor_fp, progress, stats)
+    return generate_rendered(loaded, rendered, settings, *args, **kwargs)
 
 
 def generate_rendered(
