@@ -122,6 +122,28 @@ def test_loss_decreases_on_a_fixed_batch(tiny):
     assert model_fingerprint(tiny.model) == before, "peft must leave the base weights as they were"
 
 
+def test_backward_a_few_pairs_at_a_time_equals_the_whole_batch(tiny):
+    """Training accumulates the gradient over slices of the batch to bound memory. Catches: slices
+    not weighted by their share (a sum instead of the batch mean), a slice left out, the reported loss
+    not the batch's."""
+    cfg = config(beta=2.0)
+    objective = Objective(tiny.tokenizer, italian_pairs(), cfg.beta, 200, "cpu")
+    with lora_model(tiny.model, cfg) as peft_model:
+        objective.reference(peft_model)
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        with torch.no_grad():
+            for p in params:  # move the adapter off zero so every term has a gradient
+                p.add_(0.01 * torch.randn_like(p))
+        whole = objective.loss(peft_model, [0, 1, 2])
+        whole[0].backward()
+        expected = [p.grad.clone() for p in params]
+        peft_model.zero_grad()
+        sliced = objective.backward(peft_model, [0, 1, 2], pairs_per_pass=2)
+        for p, g in zip(params, expected):
+            torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+    assert sliced == pytest.approx([t.item() for t in whole], rel=1e-5)
+
+
 def test_pairs_parallel_chosen_in_language_rejected_own_or_written(tiny, calibration, context):
     """Targets exclude English; each target triple is parallel to the English one of the same prompt id;
     chosen is a refusal of the prompt's language; rejected is the model's own answer or a written one,
