@@ -15,7 +15,7 @@ from msafety_bench.judges import learned
 from msafety_bench.judges.refusal import RefusalJudge, decide
 from msafety_bench.judges.validation import read_labels
 
-SETS = ("bundled", "heldout", "dev2", "heldout-v3", "heldout-v4", "dev3")
+SETS = ("bundled", "heldout", "dev2", "heldout-v3", "heldout-v4", "dev3", "dev4")
 
 
 def featurise(rows, judge):
