@@ -217,7 +217,8 @@ class BenchRun:
         responses, model_meta, editor_meta, engine_meta, evals, guard = self._generate(evals, timings)
         t0 = time.time()
         env = JudgeEnv(None if opts.no_cache else opts.cache_path, opts.device, opts.progress)
-        verdicts = judge_all(judge, [(r.prompt, resp, r.lang) for r, resp in zip(evals, responses)], env)
+        verdicts = judge_all(judge, [(r.prompt, resp, r.lang) for r, resp in zip(evals, responses)], env,
+                             harmful=[r.label == "harmful" for r in evals])
         for rec, response, verdict in zip(evals, responses, verdicts):
             self.samples.append({"id": rec.id, "lang": rec.lang, "label": rec.label, "category": rec.category,
                                  "prompt": rec.prompt, "response": response, **verdict.to_dict()})

@@ -19,7 +19,8 @@ def rejudge(results: dict, judge, env=None) -> dict:
     from msafety_bench.metrics import language_metrics
 
     samples = results["samples"]
-    verdicts = judge_all(judge, [(s["prompt"], s["response"], s["lang"]) for s in samples], env)
+    verdicts = judge_all(judge, [(s["prompt"], s["response"], s["lang"]) for s in samples], env,
+                         harmful=[s.get("label", "harmful") == "harmful" for s in samples])
     new_samples = [{**s, **v.to_dict()} for s, v in zip(samples, verdicts)]
     metrics = language_metrics(new_samples)
     now = dt.datetime.now(dt.timezone.utc)

@@ -56,10 +56,14 @@ class JudgeEnv:
         return ResponseCache(Path(self.cache_dir) / "responses.sqlite" if self.cache_dir else None)
 
 
-def judge_all(judge: Judge, items: list[tuple[str, str, str]], env: JudgeEnv | None = None) -> list[Verdict]:
-    """Verdicts for (prompt, response, lang) items, batched when the judge can batch."""
+def judge_all(judge: Judge, items: list[tuple[str, str, str]], env: JudgeEnv | None = None,
+              harmful: list[bool] | None = None) -> list[Verdict]:
+    """Verdicts for (prompt, response, lang) items, batched when the judge can batch. ``harmful`` says
+    which prompts are harmful requests, for judges that read it (``reads_request_label``)."""
     if hasattr(judge, "judge_many"):
         return judge.judge_many(items, env or JudgeEnv())
+    if harmful is not None and getattr(judge, "reads_request_label", False):
+        return [judge.judge(p, r, lang, harmful=h) for (p, r, lang), h in zip(items, harmful)]
     return [judge.judge(p, r, lang) for p, r, lang in items]
 
 
