@@ -21,7 +21,7 @@ def _remote_args(tmp_path, base, model, *extra):
 def test_suites_over_http_with_the_rubric_judge_over_http(suites, served_smollm2, tmp_path, monkeypatch):
     base, model = served_smollm2
     with open(os.path.join(os.path.dirname(__file__), "..", "suites", "test_utility.py"), encoding="utf-8") as fh:
-        suites.makepyfile(test_utility=fh.read())
+        suites.makepyfile(test_suite_utility=fh.read())  # tests/ has a test_utility module
     monkeypatch.setenv("MSB_TEST_KEY", SECRET)
     judge = ["--judge", "llm-rubric", "--judge-url", base, "--judge-model", model,
              "--judge-opt", "key_env=MSB_TEST_KEY", "--judge-opt", "max_tokens=24"]
