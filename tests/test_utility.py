@@ -83,3 +83,16 @@ def test_drift_is_exactly_zero_without_an_edit_and_positive_with_one(tiny, tmp_p
 
 def test_default_tasks_follow_the_languages():
     assert default_tasks(["en", "bn"]) == ["msb_arith_en", "msb_mc_en", "msb_arith_bn", "msb_mc_bn"]
+
+
+def test_local_tasks_are_indexed_without_lm_evals_built_ins(tmp_path):
+    """Indexing lm-eval's built-in configs costs seconds per run: the project's own tasks (and local
+    files) need only their folder. Catches: built-ins always indexed; built-ins never indexed (an
+    lm-eval task by name would then be 'unknown')."""
+    from msafety_bench.utility.runner import task_manager
+
+    include = write_offline_tasks(tmp_path / "tasks")
+    local = task_manager(["msb_mc_en", "msb_arith_bn"], include)
+    assert "msb_mc_en" in local.all_tasks and "mgsm_direct_en" not in local.all_tasks
+    both = task_manager(["msb_mc_en", "mgsm_direct_en"], include)
+    assert {"msb_mc_en", "mgsm_direct_en"} <= set(both.all_tasks)

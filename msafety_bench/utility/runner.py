@@ -19,15 +19,26 @@ def _main_metric(entry: dict) -> tuple[str, float]:
     raise ValueError(f"no metric in lm-eval result {sorted(entry)}")
 
 
+def task_manager(tasks: list[str], include_path: Path | None):
+    """lm-eval's task index for ``tasks``: the local folder alone when it holds them all (indexing
+    lm-eval's thousands of built-in configs takes ~5 s a time on 2 cores), else the built-ins too."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path:
+        local = TaskManager(include_path=str(include_path), include_defaults=False)
+        if all(local.match_tasks([t]) for t in tasks):
+            return local
+    return TaskManager(include_path=str(include_path) if include_path else None)
+
+
 def run_lm_eval(loaded, tasks: list[str], limit: int | None, include_path: Path | None,
                 batch_size: int = 16, seed: int = 0) -> dict[str, dict]:
     """{task: {"metric", "score", "n"}} from one ``lm_eval.simple_evaluate`` call."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, device=loaded.device)
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    manager = task_manager(tasks, include_path)
     unknown = [t for t in tasks if not manager.match_tasks([t])]
     if unknown:
         from msafety_bench.errors import UsageError
