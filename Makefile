@@ -107,9 +107,8 @@ organism: setup
 test: setup vllm browser
 	MSB_REQUIRE_VLLM=1 $(BIN)/pytest tests/ --durations=10; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
 
-# Unit, property and tiny-qwen2 tests: no SmolLM2, no served model, no vLLM. Most of their time is
-# pytest runs of the suites in subprocesses, which wait on imports: two xdist workers (pytest-xdist
-# is refused only for the suites themselves) took it from 6 min 46 s to 4 min 4 s at load 5 on 2 cores.
+# Unit, property and tiny-qwen2 tests: no SmolLM2, no served model, no vLLM; two xdist workers
+# (pytest-xdist is refused only for the suites themselves). 2 min 50 s on 2 quiet cores.
 test-fast: setup browser
 	$(BIN)/pytest tests/ -m "not slow and not vllm" -n 2 --durations=10; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
 
