@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from msafety_bench.editing import Editor, EditorConfig
-from msafety_bench.editors.sft import LoraEdit, encode_answer, lora_factors, lora_model, pad_right, refusal_for
+from msafety_bench.editors.sft import (LoraEdit, batch_indices, encode_answer, lora_factors, lora_model, pad_right,
+                                       refusal_for)
 from msafety_bench.errors import UsageError
 
 SOURCE = "en"
@@ -225,15 +226,10 @@ class MpoEditor(Editor):
             objective.reference(peft_model)
             params = [p for p in peft_model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-            order: list[int] = []
+            batches = batch_indices(len(pairs), config.batch_size, rng)
             bar = tqdm(range(config.steps), desc="mpo (LoRA)", disable=not context.progress)
             for _ in bar:
-                if len(order) < config.batch_size:
-                    fresh = list(range(len(pairs)))
-                    rng.shuffle(fresh)
-                    order += fresh
-                batch = [order.pop() for _ in range(min(config.batch_size, len(pairs)))]
-                history.append(objective.backward(peft_model, batch))
+                history.append(objective.backward(peft_model, next(batches)))
                 optimizer.step()
                 optimizer.zero_grad()
                 bar.set_postfix(loss=f"{history[-1][0]:.4f}")

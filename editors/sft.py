@@ -148,15 +148,11 @@ class SftEditor(Editor):
         with lora_model(model, config) as peft_model:
             params = [p for p in peft_model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-            order: list[int] = []
             losses = []
+            batches = batch_indices(len(encoded), config.batch_size, rng)
             bar = tqdm(range(config.steps), desc="sft (LoRA)", disable=not context.progress)
             for _ in bar:
-                if len(order) < config.batch_size:
-                    fresh = list(range(len(encoded)))
-                    rng.shuffle(fresh)
-                    order += fresh
-                batch = [encoded[order.pop()] for _ in range(config.batch_size)]
+                batch = [encoded[i] for i in next(batches)]
                 input_ids, mask, labels = pad_right(batch, tok.pad_token_id, loaded.device)
                 loss = peft_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
                 loss.backward()
@@ -200,6 +196,19 @@ class LoraTargets(Protocol):
     alpha: float
     target_modules: str
     seed: int
+
+
+def batch_indices(n: int, batch_size: int, rng: random.Random):
+    """Endless batches of indices into ``n`` examples, each pass in a fresh shuffled order (the next
+    pass is appended when fewer than a batch are left), so every example is seen equally often."""
+    size = min(batch_size, n)
+    order: list[int] = []
+    while True:
+        if len(order) < size:
+            fresh = list(range(n))
+            rng.shuffle(fresh)
+            order += fresh
+        yield [order.pop() for _ in range(size)]
 
 
 @contextlib.contextmanager
