@@ -30,12 +30,12 @@ HELDOUT_V3_DIR = BUNDLED_DIR.with_name("judge_validation_heldout_v3")
 HELDOUT_V4_DIR = BUNDLED_DIR.with_name("judge_validation_heldout_v4")
 # Written for judge v5 as training data, with 150 real model answers labelled by reading them.
 DEV3_DIR = BUNDLED_DIR.with_name("judge_validation_dev3")
+# Written after judge v5 was frozen, by hands that saw neither it nor any earlier set. Do not tune on it.
+HELDOUT_V5_DIR = BUNDLED_DIR.with_name("judge_validation_heldout_v5")
 # SmolLM2's own English answers to msb-core's calibration prompts, labelled by reading: training data for v6.
 DEV4_DIR = BUNDLED_DIR.with_name("judge_validation_dev4")
 # SmolLM2's English answers to msb-core's eval prompts, labelled after judge v6 was frozen. Do not tune on it.
 HELDOUT_V6_SMOLLM2_DIR = BUNDLED_DIR.with_name("judge_validation_heldout_v6_smollm2")
-# Written after judge v5 was frozen, by hands that saw neither it nor any earlier set. Do not tune on it.
-HELDOUT_V5_DIR = BUNDLED_DIR.with_name("judge_validation_heldout_v5")
 BUNDLED_SETS = {"bundled": BUNDLED_DIR, "heldout": HELDOUT_DIR, "dev2": DEV2_DIR, "heldout-v3": HELDOUT_V3_DIR,
                 "heldout-v4": HELDOUT_V4_DIR, "dev3": DEV3_DIR, "heldout-v5": HELDOUT_V5_DIR, "dev4": DEV4_DIR,
                 "heldout-v6-smollm2": HELDOUT_V6_SMOLLM2_DIR}
